@@ -1,0 +1,93 @@
+/**
+ * Wiring: builds the clients, the ACL source and the renderer a command needs from a Config.
+ * The only place (besides main.ts and cli.ts) that knows how the parts fit together.
+ */
+import type { Config } from "./config.ts";
+import { ConfigError } from "./errors.ts";
+import { ConsulClient } from "./consul/client.ts";
+import { type AclSnapshot, type AclSource, ConsulAclSource, DirAclSource } from "./rules/acl_source.ts";
+import { loadTemplates, Renderer } from "./render.ts";
+import { resolveServices, type ServiceLookup } from "./services.ts";
+import { buildPlan, type ContainerRef, type RulePlan, serviceRulesOf } from "./plan.ts";
+import type { Policy } from "./config.ts";
+import { VERSION } from "./version.ts";
+
+async function readPem(what: string, path?: string): Promise<string | undefined> {
+  if (!path) return undefined;
+  try {
+    return await Deno.readTextFile(path);
+  } catch (err) {
+    throw new ConfigError(`cannot read ${what} ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** A Consul client for this Config (reads the CA and client certificate files). */
+export async function openConsul(config: Config, signal?: AbortSignal): Promise<ConsulClient> {
+  return new ConsulClient({
+    address: config.consul.address,
+    ssl: config.consul.ssl,
+    token: config.consul.token,
+    caCertPem: await readPem("CA certificate (--ssl-ca-cert)", config.consul.caCertFile),
+    clientCertPem: await readPem("client certificate (CONSUL_CLIENT_CERT)", config.consul.clientCertFile),
+    clientKeyPem: await readPem("client key (CONSUL_CLIENT_KEY)", config.consul.clientKeyFile),
+    timeoutMs: config.consul.timeoutMs,
+    signal,
+  });
+}
+
+/** Read a token file (CONSUL_HTTP_TOKEN_FILE); the token itself is never printed. */
+export async function readTokenFile(path: string): Promise<string> {
+  try {
+    const token = (await Deno.readTextFile(path)).trim();
+    if (!token) throw new ConfigError(`token file ${path} is empty`);
+    return token;
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(`cannot read token file ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Everything needed to go from "ACL list" to "rendered text". */
+export interface RuleContext {
+  source: AclSource;
+  consul?: ConsulClient;
+  renderer: Renderer;
+  close(): void;
+}
+
+/** Open the ACL source (Consul or --acl-dir) and load the templates. */
+export async function openRuleContext(config: Config, signal?: AbortSignal): Promise<RuleContext> {
+  const renderer = new Renderer(await loadTemplates(config.templateFile), VERSION);
+  if (config.aclDir) {
+    return { source: new DirAclSource(config.aclDir), renderer, close() {} };
+  }
+  const consul = await openConsul(config, signal);
+  return {
+    source: new ConsulAclSource(consul, config.kvPath),
+    consul,
+    renderer,
+    close: () => consul.close(),
+  };
+}
+
+/** Read ACLs, resolve the services they name, and plan for one ACL list. */
+export async function planFor(
+  ctx: RuleContext,
+  config: Config,
+  want: { acls: string[]; container?: ContainerRef; policy?: Policy },
+  signal?: AbortSignal,
+): Promise<{ plan: RulePlan; snapshot: AclSnapshot }> {
+  const snapshot = await ctx.source.read(signal);
+  let services = new Map<string, ServiceLookup>();
+  if (ctx.consul) services = await resolveServices(ctx.consul, serviceRulesOf(snapshot), signal);
+  const plan = buildPlan({
+    snapshot,
+    acls: want.acls,
+    services,
+    policy: want.policy ?? config.policy,
+    dnsResolvers: config.dnsResolvers,
+    container: want.container,
+    hasCatalog: ctx.source.hasCatalog,
+  });
+  return { plan, snapshot };
+}

@@ -1,0 +1,113 @@
+/**
+ * The commander program: turns argv + env into a Config and dispatches to a command.
+ * Global options are accepted before and after the subcommand.
+ */
+import { Command, CommanderError, Option } from "@commander-js/extra-typings";
+import { addGlobalOptions, collectRaw } from "./cli_options.ts";
+import { buildConfig, type Config } from "./config.ts";
+import { readTokenFile } from "./app.ts";
+import { AppError, ConfigError } from "./errors.ts";
+import type { Out } from "./commands/io.ts";
+import { renderCommand } from "./commands/render.ts";
+import { validateCommand } from "./commands/validate.ts";
+import { VERSION } from "./version.ts";
+
+/** What the CLI needs from its surroundings (main.ts passes the real ones). */
+export interface CliIO extends Out {
+  env: Record<string, string | undefined>;
+  /** Aborted on SIGINT/SIGTERM. */
+  signal: AbortSignal;
+}
+
+/** Commands still to come print this and exit 2. */
+export class NotImplementedError extends AppError {
+  constructor(what: string) {
+    super(`${what} is not implemented yet`, { exitCode: 2 });
+  }
+}
+
+// deno-lint-ignore no-explicit-any
+type AnyCommand = Command<any, any, any>;
+
+async function configFrom(cmd: AnyCommand, io: CliIO): Promise<Config> {
+  const raw = collectRaw(cmd, io.env);
+  const token = !raw.consulToken && raw.consulTokenFile
+    ? await readTokenFile(raw.consulTokenFile)
+    : undefined;
+  return buildConfig(raw, { token });
+}
+
+const DESCRIPTION = `Set egress rules in network namespaces.
+Enable egresstrator with EGRESSTRATOR_ENABLE=1 in your container.
+Specify egress rules with EGRESSTRATOR_ACL=myservice,otherservice
+
+With no command, runs the daemon: follows Docker's events and applies rules to every opted-in container.`;
+
+function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
+  const program = new Command("egresstrator")
+    .description(DESCRIPTION)
+    .version(VERSION, "-v, --version", "print the version")
+    .helpOption("-h, --help", "show help")
+    .showHelpAfterError("(run egresstrator --help for usage)")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout(s), writeErr: (s) => io.stderr(s) });
+  addGlobalOptions(program);
+  program.action(async (_opts, cmd) => {
+    await configFrom(cmd, io);
+    throw new NotImplementedError("the daemon");
+  });
+
+  const sub = (name: string, summary: string) => {
+    const c = program.command(name).description(summary).helpOption("-h, --help", "show help").exitOverride();
+    c.configureOutput({ writeOut: (s) => io.stdout(s), writeErr: (s) => io.stderr(s) });
+    c.addHelpText("after", "\nGlobal options (see egresstrator --help) are accepted here too.");
+    return addGlobalOptions(c, true);
+  };
+
+  sub("render", "print the iptables-restore text for an ACL list; changes nothing")
+    .argument("[container]", "container id, id prefix or name (its EGRESSTRATOR_ACL is the list)")
+    .option("-r, --rules <list>", "comma-separated ACL keys the container is allowed")
+    .option("--json", "print the model the template receives instead of the text")
+    .addOption(new Option("--family <family>", "address family to render").choices(["ipv4", "ipv6", "all"]))
+    .action(async (container, opts, cmd) => {
+      done(await renderCommand(await configFrom(cmd, io), { ...opts, container }, io, io.signal));
+    });
+
+  sub("validate", "check every ACL key and the services they name; exit 2 on errors")
+    .action(async (_opts, cmd) => done(await validateCommand(await configFrom(cmd, io), io, io.signal)));
+
+  sub("set", "Set egress rules on specified container")
+    .argument("[container]", "container id, id prefix or name")
+    .option("-a, --all", "every running container that opts in")
+    .option("-r, --rules <list>", "ACL keys to apply instead of the container's EGRESSTRATOR_ACL")
+    .action(async (_c, _opts, cmd) => {
+      await configFrom(cmd, io);
+      throw new NotImplementedError("set");
+    });
+
+  sub("clear", "Clear egress rules on specified container")
+    .argument("[container]", "container id, id prefix or name")
+    .option("-a, --all", "every running container that opts in")
+    .action(async (_c, _opts, cmd) => {
+      await configFrom(cmd, io);
+      throw new NotImplementedError("clear");
+    });
+  return program;
+}
+
+/** Parse argv and run the command. Returns the exit code; throws AppError for main.ts to print. */
+export async function runCli(argv: string[], io: CliIO): Promise<number> {
+  let code = 0;
+  const program = buildProgram(io, (c) => (code = c));
+  try {
+    await program.parseAsync(argv, { from: "user" });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // help and version are "errors" with exit code 0; usage errors were already printed.
+      if (err.exitCode === 0) return 0;
+      throw new ConfigError(err.message.replace(/^error: /, ""), { cause: err });
+    }
+    throw err;
+  }
+  return code;
+}

@@ -1,0 +1,56 @@
+/** `render`: print the iptables-restore text (or the template model) for an ACL list; touches nothing. */
+import type { Config } from "../config.ts";
+import { openRuleContext, planFor } from "../app.ts";
+import { templateContext } from "../render.ts";
+import { formatProblem } from "../rules/grammar.ts";
+import { parseAclList } from "../plan.ts";
+import type { Out } from "./io.ts";
+import { ConfigError } from "../errors.ts";
+import type { AclSnapshot, AclSource } from "../rules/acl_source.ts";
+import type { RulePlan } from "../plan.ts";
+import { VERSION } from "../version.ts";
+
+/** Options of `render`. */
+export interface RenderOptions {
+  rules?: string;
+  json?: boolean;
+  family?: string;
+  container?: string;
+}
+
+/** Print problems and an empty-prefix note on stderr (shared by render and set). */
+export function reportProblems(out: Out, plan: RulePlan, snapshot: AclSnapshot, source: AclSource): void {
+  if (snapshot.entries.length === 0 && snapshot.problems.length === 0) {
+    out.stderr(`warning: ${source.description} holds no ACL keys (empty or missing prefix)\n`);
+  }
+  for (const p of plan.problems) out.stderr(`${formatProblem(p)}\n`);
+}
+
+/** Run `render`; returns the exit code. */
+export async function renderCommand(config: Config, opts: RenderOptions, out: Out, signal: AbortSignal) {
+  const family = opts.family ?? "ipv4";
+  if (!["ipv4", "ipv6", "all"].includes(family)) {
+    throw new ConfigError(`--family must be ipv4, ipv6 or all, not "${family}"`);
+  }
+  if (opts.container) {
+    throw new ConfigError("render <container> needs the Docker support of a later release; use --rules");
+  }
+  const ctx = await openRuleContext(config, signal);
+  try {
+    const { plan, snapshot } = await planFor(ctx, config, { acls: parseAclList(opts.rules) }, signal);
+    reportProblems(out, plan, snapshot, ctx.source);
+    const families = family === "all" ? (["ipv4", "ipv6"] as const) : [family as "ipv4" | "ipv6"];
+    if (opts.json) {
+      const models = families.map((f) => templateContext(plan, f, VERSION));
+      out.stdout(
+        JSON.stringify(models.length === 1 ? models[0] : { ipv4: models[0], ipv6: models[1] }, null, 2),
+      );
+      out.stdout("\n");
+    } else {
+      for (const f of families) out.stdout(ctx.renderer.render(plan, f));
+    }
+    return 0;
+  } finally {
+    ctx.close();
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * Configuration: defaults -> env -> flags -> validate -> frozen Config.
+ * The core receives a Config and never reads Deno.env or Deno.args itself.
+ */
+import { ConfigError } from "./errors.ts";
+import { parseAddress } from "./rules/ip.ts";
+import type { LogFormat, LogLevel } from "./log.ts";
+
+export type Policy = "protect" | "allowlist";
+export type ApplyMode = "nsenter" | "helper";
+export type OnError = "deny" | "skip";
+
+/** Where ACLs and services come from. */
+export interface ConsulConfig {
+  address: string;
+  ssl: boolean;
+  /** Secret: never logged or printed. */
+  token?: string;
+  caCertFile?: string;
+  clientCertFile?: string;
+  clientKeyFile?: string;
+  timeoutMs: number;
+}
+
+/** Everything a command needs, fixed once built. */
+export interface Config {
+  consul: ConsulConfig;
+  kvPath: string;
+  aclDir?: string;
+  templateFile?: string;
+  image?: string;
+  mode: ApplyMode;
+  dockerHost: string;
+  dockerApiVersion?: string;
+  dnsResolvers: string[];
+  policy: Policy;
+  onError: OnError;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
+  debug: boolean;
+  /** Concurrent applies across containers in the daemon and `--all`. */
+  concurrency: number;
+  /** Seconds a helper container may run before it is killed and removed. */
+  helperTimeoutMs: number;
+}
+
+/** Defaults, as documented in the README. */
+export const DEFAULTS = {
+  consul: "127.0.0.1:8500",
+  kvPath: "egress/acl/",
+  dockerHost: "unix:///var/run/docker.sock",
+  dnsResolvers: [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "8.8.8.8",
+    "8.8.4.4",
+    "fc00::/7",
+    "fe80::/10",
+    "2001:4860:4860::8888",
+    "2001:4860:4860::8844",
+  ],
+  timeoutMs: 10_000,
+  concurrency: 8,
+  helperTimeoutMs: 30_000,
+} as const;
+
+/** Raw option values as the CLI collected them (flags already merged with env by commander). */
+export interface RawOptions {
+  consul?: string;
+  consulToken?: string;
+  consulTokenFile?: string;
+  kvPath?: string;
+  template?: string;
+  image?: string;
+  ssl?: boolean | string;
+  sslCaCert?: string;
+  sslClientCert?: string;
+  sslClientKey?: string;
+  aclDir?: string;
+  mode?: string;
+  dockerHost?: string;
+  dockerApiVersion?: string;
+  dns?: string;
+  policy?: string;
+  onError?: string;
+  logFormat?: string;
+  logLevel?: string;
+  debug?: boolean | string;
+  consulTimeout?: string;
+  concurrency?: string;
+  helperTimeout?: string;
+}
+
+function oneOf<T extends string>(name: string, value: string | undefined, allowed: readonly T[], def: T): T {
+  if (value === undefined || value === "") return def;
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new ConfigError(`${name} must be one of ${allowed.join(", ")}, not "${value}"`);
+}
+
+/** Parse "10s", "500ms", "2m" or a bare number of seconds into milliseconds. */
+export function parseDuration(name: string, value: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value.trim());
+  if (!m) throw new ConfigError(`${name} must be a duration like 10s, 500ms or 2m, not "${value}"`);
+  const n = Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000 }[m[2] ?? "s"] ?? 1000);
+  if (n <= 0 || n > 24 * 3600_000) {
+    throw new ConfigError(`${name} must be between 1ms and 24h, not "${value}"`);
+  }
+  return Math.round(n);
+}
+
+/** Accept "1", "true", "yes", "on" (and their opposites) from env, booleans from flags. */
+export function parseBool(name: string, value: boolean | string | undefined): boolean {
+  if (typeof value === "boolean") return value;
+  if (value === undefined || value === "") return false;
+  const v = value.toLowerCase();
+  if (["1", "true", "yes", "on"].includes(v)) return true;
+  if (["0", "false", "no", "off"].includes(v)) return false;
+  throw new ConfigError(`${name} must be true or false, not "${value}"`);
+}
+
+/** Validate a comma-separated resolver list: addresses or CIDRs of either family. */
+export function parseResolvers(value: string): string[] {
+  const out: string[] = [];
+  for (const part of value.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const [addr, prefix, ...rest] = part.replace(/^\[|\](?=\/|$)/g, "").split("/");
+    const parsed = parseAddress(addr);
+    const max = parsed?.family === "ipv6" ? 128 : 32;
+    if (
+      !parsed || rest.length > 0 || (prefix !== undefined && !(/^\d{1,3}$/.test(prefix) && +prefix <= max))
+    ) {
+      throw new ConfigError(`--dns: "${part}" is not an IPv4/IPv6 address or CIDR`);
+    }
+    out.push(prefix === undefined ? addr : `${addr}/${prefix}`);
+  }
+  if (out.length === 0) throw new ConfigError("--dns needs at least one resolver address");
+  return out;
+}
+
+function positiveInt(name: string, value: string | undefined, def: number): number {
+  if (value === undefined || value === "") return def;
+  if (!/^[1-9]\d{0,3}$/.test(value)) throw new ConfigError(`${name} must be a whole number from 1 to 9999`);
+  return Number(value);
+}
+
+/** Turn raw options into a validated, frozen Config. */
+export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Readonly<Config> {
+  const kvPath = raw.kvPath ?? DEFAULTS.kvPath;
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x1f]/.test(kvPath)) throw new ConfigError("--kv-path contains control characters");
+  const debug = parseBool("--debug", raw.debug);
+  const mode = oneOf(
+    "--mode",
+    raw.mode ?? (raw.image ? "helper" : undefined),
+    ["nsenter", "helper"],
+    "nsenter",
+  );
+  if (mode === "helper" && !raw.image) {
+    throw new ConfigError("--mode helper needs --image (an image with iptables-restore, see Dockerfile)");
+  }
+  const dockerHost = raw.dockerHost || DEFAULTS.dockerHost;
+  if (!/^(unix|tcp|http|https):\/\/.+/.test(dockerHost)) {
+    throw new ConfigError(`--docker-host must look like unix:///var/run/docker.sock or tcp://host:2375`);
+  }
+  if (raw.dockerApiVersion && !/^1\.\d{1,2}$/.test(raw.dockerApiVersion)) {
+    throw new ConfigError(`DOCKER_API_VERSION must look like 1.41, not "${raw.dockerApiVersion}"`);
+  }
+  if ((raw.sslClientCert === undefined) !== (raw.sslClientKey === undefined)) {
+    throw new ConfigError("a Consul client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY");
+  }
+  const config: Config = {
+    consul: {
+      address: raw.consul || DEFAULTS.consul,
+      ssl: parseBool("--ssl", raw.ssl),
+      token: extra.token ?? (raw.consulToken || undefined),
+      caCertFile: raw.sslCaCert || undefined,
+      clientCertFile: raw.sslClientCert || undefined,
+      clientKeyFile: raw.sslClientKey || undefined,
+      timeoutMs: raw.consulTimeout
+        ? parseDuration("--consul-timeout", raw.consulTimeout)
+        : DEFAULTS.timeoutMs,
+    },
+    kvPath,
+    aclDir: raw.aclDir || undefined,
+    templateFile: raw.template || undefined,
+    image: raw.image || undefined,
+    mode,
+    dockerHost,
+    dockerApiVersion: raw.dockerApiVersion || undefined,
+    dnsResolvers: raw.dns ? parseResolvers(raw.dns) : [...DEFAULTS.dnsResolvers],
+    policy: oneOf("--policy", raw.policy, ["protect", "allowlist"], "protect"),
+    onError: oneOf("--on-error", raw.onError, ["deny", "skip"], "skip"),
+    logFormat: oneOf("--log-format", raw.logFormat, ["text", "json"], "text"),
+    logLevel: oneOf(
+      "--log-level",
+      raw.logLevel,
+      ["debug", "info", "warn", "error"],
+      debug ? "debug" : "info",
+    ),
+    debug,
+    concurrency: positiveInt("--concurrency", raw.concurrency, DEFAULTS.concurrency),
+    helperTimeoutMs: raw.helperTimeout
+      ? parseDuration("--helper-timeout", raw.helperTimeout)
+      : DEFAULTS.helperTimeoutMs,
+  };
+  return deepFreeze(config);
+}
+
+function deepFreeze<T>(obj: T): Readonly<T> {
+  for (const v of Object.values(obj as Record<string, unknown>)) {
+    if (v && typeof v === "object") deepFreeze(v);
+  }
+  return Object.freeze(obj);
+}

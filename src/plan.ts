@@ -1,0 +1,193 @@
+/**
+ * The plan (pure): from all ACL keys, a container's ACL list, resolved services and the policy, work
+ * out which destinations are allowed and which are protected. Rendering turns the plan into text.
+ */
+import type { Config, Policy } from "./config.ts";
+import type { Family, PortRange, Proto, Rule, RuleProblem } from "./rules/grammar.ts";
+import { formatRule } from "./rules/grammar.ts";
+import type { AclSnapshot } from "./rules/acl_source.ts";
+import { serviceKey, type ServiceLookup } from "./services.ts";
+import { formatAddress, parseAddress } from "./rules/ip.ts";
+
+/** One destination a rule names, after service resolution. */
+export interface Destination {
+  family: Family;
+  /** `address/prefix`. */
+  cidr: string;
+  proto: Proto;
+  ports: PortRange;
+  /** Where it came from, canonical and safe to print: `10.0.0.0/8:tcp/80` or `db (node1 10.0.0.5:5432)`. */
+  origin: string;
+}
+
+/** An ACL key with its resolved destinations. */
+export interface PlannedAcl {
+  key: string;
+  destinations: Destination[];
+}
+
+/** Which container a plan is for (absent for `render --rules`). */
+export interface ContainerRef {
+  id: string;
+  name: string;
+}
+
+/** Everything the templates need, for both families. */
+export interface RulePlan {
+  policy: Policy;
+  container: ContainerRef | null;
+  /** The container's ACL list, as asked. */
+  acls: string[];
+  /** Names in the list that no key under the prefix has. */
+  missing: string[];
+  /** Keys in the container's list. */
+  allowed: PlannedAcl[];
+  /** Keys not in the list (the protect policy rejects these). */
+  protected: PlannedAcl[];
+  dnsResolvers: { ipv4: string[]; ipv6: string[] };
+  problems: RuleProblem[];
+  /** Services whose lookup failed: the plan is incomplete and should not replace a good one. */
+  unresolved: string[];
+}
+
+/** Input of {@link buildPlan}. */
+export interface PlanInput {
+  snapshot: AclSnapshot;
+  acls: string[];
+  services: Map<string, ServiceLookup>;
+  policy: Policy;
+  dnsResolvers: readonly string[];
+  container?: ContainerRef;
+  /** False for `--acl-dir`: service rules are problems there. */
+  hasCatalog: boolean;
+}
+
+/** Split a comma list like EGRESSTRATOR_ACL: trimmed, empty entries dropped, duplicates removed. */
+export function parseAclList(value: string | undefined): string[] {
+  if (!value) return [];
+  return [...new Set(value.split(",").map((s) => s.trim()).filter(Boolean))];
+}
+
+function instanceDestination(rule: Rule, inst: { node: string; address: string; port: number }) {
+  const name = formatRule(rule);
+  const addr = parseAddress(inst.address);
+  if (!addr) {
+    return `${name}: instance on node ${inst.node} has address "${inst.address}", not an IP; skipped`;
+  }
+  if (!Number.isInteger(inst.port) || inst.port < 1 || inst.port > 65535) {
+    return `${name}: instance on node ${inst.node} has no port (${inst.port}); skipped`;
+  }
+  const address = formatAddress(addr.family, addr.bytes);
+  const prefix = addr.family === "ipv4" ? 32 : 128;
+  const d: Destination = {
+    family: addr.family,
+    cidr: `${address}/${prefix}`,
+    proto: "tcp",
+    ports: { from: inst.port, to: inst.port },
+    origin: `${name} (${inst.node} ${address} port ${inst.port})`,
+  };
+  return d;
+}
+
+function destinationsOf(rules: Rule[], input: PlanInput, problems: RuleProblem[], unresolved: Set<string>) {
+  const out: Destination[] = [];
+  for (const rule of rules) {
+    const where = { key: rule.key, line: rule.line, text: formatRule(rule) };
+    if (rule.kind === "cidr") {
+      out.push({
+        family: rule.family,
+        cidr: rule.cidr,
+        proto: rule.proto,
+        ports: rule.ports,
+        origin: where.text,
+      });
+      continue;
+    }
+    if (!input.hasCatalog) {
+      problems.push({
+        ...where,
+        reason: "service rules need Consul's catalog, and --acl-dir has none",
+        severity: "error",
+      });
+      continue;
+    }
+    const found = input.services.get(serviceKey(rule));
+    if (!found || !found.ok) {
+      const why = found ? found.error : "service was not looked up";
+      unresolved.add(serviceKey(rule));
+      problems.push({ ...where, reason: `service lookup failed: ${why}`, severity: "error" });
+      continue;
+    }
+    if (found.instances.length === 0) {
+      problems.push({ ...where, reason: "service has no instances in the catalog", severity: "warning" });
+    }
+    for (const inst of found.instances) {
+      const d = instanceDestination(rule, inst);
+      if (typeof d === "string") problems.push({ ...where, reason: d, severity: "warning" });
+      else out.push(d);
+    }
+  }
+  return dedupe(out);
+}
+
+function dedupe(ds: Destination[]): Destination[] {
+  const seen = new Set<string>();
+  return ds.filter((d) => {
+    const k = `${d.cidr}|${d.proto}|${d.ports.from}|${d.ports.to}`;
+    return seen.has(k) ? false : (seen.add(k), true);
+  });
+}
+
+/** Split configured resolvers by family (they were validated when the Config was built). */
+export function resolversByFamily(list: readonly string[]): { ipv4: string[]; ipv6: string[] } {
+  const out = { ipv4: [] as string[], ipv6: [] as string[] };
+  for (const r of list) {
+    const [addr, prefix] = r.split("/");
+    const p = parseAddress(addr);
+    if (!p) continue;
+    const text = formatAddress(p.family, p.bytes);
+    out[p.family].push(`${text}/${prefix ?? (p.family === "ipv4" ? 32 : 128)}`);
+  }
+  return out;
+}
+
+/** Build the plan. Never throws: every problem lands in `problems`. */
+export function buildPlan(input: PlanInput): RulePlan {
+  const problems: RuleProblem[] = [...input.snapshot.problems];
+  const wanted = new Set(input.acls);
+  const present = new Set(input.snapshot.entries.map((e) => e.key));
+  const allowed: PlannedAcl[] = [];
+  const protectedAcls: PlannedAcl[] = [];
+  const unresolved = new Set<string>();
+  for (const entry of input.snapshot.entries) {
+    problems.push(...entry.problems);
+    const planned = {
+      key: entry.key,
+      destinations: destinationsOf(entry.rules, input, problems, unresolved),
+    };
+    (wanted.has(entry.key) ? allowed : protectedAcls).push(planned);
+  }
+  const missing = input.acls.filter((a) => !present.has(a));
+  for (const m of missing) {
+    problems.push({ key: m, line: 0, text: "", reason: "ACL key not found", severity: "warning" });
+  }
+  return {
+    policy: input.policy,
+    container: input.container ?? null,
+    acls: [...input.acls],
+    missing,
+    allowed,
+    protected: protectedAcls,
+    dnsResolvers: resolversByFamily(input.dnsResolvers),
+    problems,
+    unresolved: [...unresolved],
+  };
+}
+
+/** The service rules a snapshot references (what must be looked up before planning). */
+export function serviceRulesOf(snapshot: AclSnapshot) {
+  return snapshot.entries.flatMap((e) => e.rules).filter((r) => r.kind === "service");
+}
+
+/** Config values the planner uses. */
+export type PlanConfig = Pick<Config, "policy" | "dnsResolvers">;

@@ -1,0 +1,184 @@
+/**
+ * RulePlan -> iptables-restore text for one address family, through Eta templates (pure once the
+ * templates are loaded). Templates only ever see parsed, validated values.
+ */
+import { Eta } from "eta/core";
+import type { ContainerRef, Destination, RulePlan } from "./plan.ts";
+import type { Family, Proto } from "./rules/grammar.ts";
+import type { Policy } from "./config.ts";
+import { TemplateError } from "./errors.ts";
+
+/** A destination with its iptables match ready to print. */
+export interface TemplateDestination extends Destination {
+  /** `-p tcp -m tcp --dport 80` or `-p tcp -m multiport --dports 1000:2000`. */
+  match: string;
+}
+
+/** An ACL key as templates see it. */
+export interface TemplateAcl {
+  key: string;
+  destinations: TemplateDestination[];
+}
+
+/** The documented context every template receives as `it` (see README, "Template context"). */
+export interface TemplateContext {
+  version: string;
+  family: Family;
+  policy: Policy;
+  container: ContainerRef | null;
+  acls: string[];
+  missing: string[];
+  allowed: TemplateAcl[];
+  protected: TemplateAcl[];
+  dnsResolvers: string[];
+  /** REJECT targets for this family: `REJECT --reject-with tcp-reset` and ICMP variants. */
+  reject: { tcp: string; udp: string; other: string };
+}
+
+/** The template sources: the two policies and the shared partials. */
+export interface TemplateSet {
+  protect: string;
+  allowlist: string;
+  partials: Record<string, string>;
+  /** A user's template (--template): used for every policy when set. */
+  custom?: { path: string; source: string };
+}
+
+const TEMPLATE_DIR = new URL("../templates/", import.meta.url);
+
+/** Read the built-in templates (embedded in the compiled binary) and an optional custom one. */
+export async function loadTemplates(customPath?: string): Promise<TemplateSet> {
+  const read = (rel: string) => Deno.readTextFile(new URL(rel, TEMPLATE_DIR));
+  try {
+    const set: TemplateSet = {
+      protect: await read("protect.eta"),
+      allowlist: await read("allowlist.eta"),
+      partials: { header: await read("partials/header.eta"), guards: await read("partials/guards.eta") },
+    };
+    if (customPath) set.custom = { path: customPath, source: await Deno.readTextFile(customPath) };
+    return set;
+  } catch (err) {
+    const what = customPath ? `template ${customPath}` : "built-in templates";
+    throw new TemplateError(`cannot read ${what}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** iptables match text for a destination, from parsed numbers only. */
+export function portMatch(proto: Proto, from: number, to: number): string {
+  return from === to
+    ? `-p ${proto} -m ${proto} --dport ${from}`
+    : `-p ${proto} -m multiport --dports ${from}:${to}`;
+}
+
+/** Anything from outside (ACL names from a container's env) made harmless for a `#` comment. */
+export function commentSafe(text: string): string {
+  return text.replace(/[^A-Za-z0-9_.,/@:+=-]/g, "?").slice(0, 200);
+}
+
+function forFamily(acls: RulePlan["allowed"], family: Family): TemplateAcl[] {
+  return acls.map((a) => ({
+    key: a.key,
+    destinations: a.destinations.filter((d) => d.family === family).map((d) => ({
+      ...d,
+      match: portMatch(d.proto, d.ports.from, d.ports.to),
+    })),
+  }));
+}
+
+/** The context a template gets for one family (also what `render --json` prints). */
+export function templateContext(plan: RulePlan, family: Family, version: string): TemplateContext {
+  const icmp = family === "ipv4" ? "icmp-port-unreachable" : "icmp6-port-unreachable";
+  return {
+    version,
+    family,
+    policy: plan.policy,
+    container: plan.container
+      ? { id: commentSafe(plan.container.id), name: commentSafe(plan.container.name) }
+      : null,
+    acls: plan.acls.map(commentSafe),
+    missing: plan.missing.map(commentSafe),
+    allowed: forFamily(plan.allowed, family),
+    protected: forFamily(plan.protected, family),
+    dnsResolvers: plan.dnsResolvers[family],
+    reject: {
+      tcp: "REJECT --reject-with tcp-reset",
+      udp: `REJECT --reject-with ${icmp}`,
+      other: `REJECT --reject-with ${icmp}`,
+    },
+  };
+}
+
+/** Checks on any rendered text, custom templates included: filter table only, one COMMIT at the end. */
+export function checkRendered(text: string, source: string): void {
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  const tables = lines.filter((l) => l.startsWith("*"));
+  const fail = (why: string) => {
+    throw new TemplateError(`${source} rendered an unusable rule set: ${why}`);
+  };
+  if (tables.length !== 1 || tables[0] !== "*filter") fail("it must write exactly one table, *filter");
+  if (lines[lines.length - 1] !== "COMMIT" || lines.filter((l) => l === "COMMIT").length !== 1) {
+    fail("it must end with a single COMMIT");
+  }
+  if (text.includes("\0")) fail("it contains a NUL byte");
+}
+
+/** Compiled templates; one per process, re-created on SIGHUP. */
+export class Renderer {
+  private readonly eta: Eta;
+  constructor(readonly templates: TemplateSet, readonly version: string) {
+    this.eta = new Eta({ autoEscape: false, autoTrim: false, cache: true });
+    try {
+      for (const [name, src] of Object.entries(templates.partials)) this.eta.loadTemplate(`@${name}`, src);
+      this.eta.loadTemplate("@protect", templates.protect);
+      this.eta.loadTemplate("@allowlist", templates.allowlist);
+      if (templates.custom) this.eta.loadTemplate("@custom", templates.custom.source);
+    } catch (err) {
+      throw new TemplateError(`cannot compile ${this.sourceName()}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  }
+
+  private sourceName(policy?: Policy): string {
+    return this.templates.custom
+      ? `template ${this.templates.custom.path}`
+      : `built-in ${policy ?? ""} template`;
+  }
+
+  /** Render one family. Throws TemplateError naming the template. */
+  render(plan: RulePlan, family: Family): string {
+    const name = this.templates.custom ? "@custom" : `@${plan.policy}`;
+    let text: string;
+    try {
+      text = this.eta.render(name, templateContext(plan, family, this.version));
+    } catch (err) {
+      throw new TemplateError(`${this.sourceName(plan.policy)} failed: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    checkRendered(text, this.sourceName(plan.policy));
+    return text;
+  }
+
+  /** Both families, as the appliers take them. */
+  renderAll(plan: RulePlan): RenderedRules {
+    return { ipv4: this.render(plan, "ipv4"), ipv6: this.render(plan, "ipv6") };
+  }
+}
+
+/** Rendered text per family. */
+export interface RenderedRules {
+  ipv4: string;
+  ipv6: string;
+}
+
+/** The empty rule set `clear` writes: an ACCEPT filter table. */
+export const CLEAR_TEXT =
+  "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+/** SHA-256 of the rendered rules, for "has anything changed" checks. */
+export async function rulesHash(rules: RenderedRules): Promise<string> {
+  const data = new TextEncoder().encode(`${rules.ipv4}\n--\n${rules.ipv6}`);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest.slice(0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
+}

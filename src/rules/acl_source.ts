@@ -1,0 +1,163 @@
+/**
+ * Where ACLs come from: Consul KV under a prefix, or a directory of files (one file per key).
+ * Both give an AclSnapshot: every key with its parsed rules and problems. Bad keys or lines are
+ * reported, never fatal, so one broken key cannot take the others down.
+ */
+import { join, relative, sep } from "node:path";
+import { parseAcl, type Rule, type RuleProblem } from "./grammar.ts";
+import { ValidationError } from "../errors.ts";
+
+/** One ACL key and what it holds. */
+export interface AclEntry {
+  key: string;
+  rules: Rule[];
+  problems: RuleProblem[];
+}
+
+/** All keys at one moment. `index` is Consul's X-Consul-Index where there is one. */
+export interface AclSnapshot {
+  entries: AclEntry[];
+  /** Problems with keys as a whole (bad names, oversized values). */
+  problems: RuleProblem[];
+  index?: number;
+}
+
+/** Anything that can produce a snapshot. */
+export interface AclSource {
+  /** For messages: `consul kv egress/acl/` or `directory /etc/egresstrator/acl`. */
+  readonly description: string;
+  /** True when `<tag>.<service>` rules can be resolved (Consul); false for a directory. */
+  readonly hasCatalog: boolean;
+  read(signal?: AbortSignal): Promise<AclSnapshot>;
+}
+
+/** Keys are limited to what is safe in a comment or a log line. */
+const KEY = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
+/** Values over this are refused whole (Consul's own limit is 512 KiB). */
+export const MAX_VALUE_BYTES = 1024 * 1024;
+
+/** Why a key name is unusable, or undefined when it is fine. */
+export function keyProblem(key: string): string | undefined {
+  if (key.length > 256) return "key name is longer than 256 characters";
+  if (!KEY.test(key) || key.split("/").some((s) => s === "." || s === "..")) {
+    return 'key name may only use letters, digits, "_", "-", "." and "/"';
+  }
+  return undefined;
+}
+
+function safeKey(key: string): string {
+  const short = key.length > 80 ? key.slice(0, 77) + "..." : key;
+  return JSON.stringify(short).slice(1, -1);
+}
+
+/** Parse one key's raw bytes (pure). */
+export function parseEntry(
+  key: string,
+  bytes: Uint8Array | null,
+  size = bytes?.length ?? 0,
+): AclEntry | RuleProblem {
+  const bad = keyProblem(key);
+  if (bad) return { key: safeKey(key), line: 0, text: "", reason: bad + "; key ignored", severity: "error" };
+  if (size > MAX_VALUE_BYTES) {
+    const reason = `value is larger than 1 MiB (${size} bytes); key ignored`;
+    return { key, line: 0, text: "", reason, severity: "error" };
+  }
+  const text = bytes ? new TextDecoder().decode(bytes).replace(/^\ufeff/, "") : "";
+  const { rules, problems } = parseAcl(key, text);
+  return { key, rules, problems };
+}
+
+/** A key as read; `size` is set instead of `value` when the value was too large to read. */
+export interface RawPair {
+  key: string;
+  value: Uint8Array | null;
+  size?: number;
+}
+
+/** Build a snapshot from (key, bytes) pairs, sorted by key (pure). */
+export function snapshotFrom(pairs: RawPair[], index?: number): AclSnapshot {
+  const entries: AclEntry[] = [];
+  const problems: RuleProblem[] = [];
+  for (const p of [...pairs].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))) {
+    const res = parseEntry(p.key, p.value, p.size);
+    if ("rules" in res) entries.push(res);
+    else problems.push(res);
+  }
+  return { entries, problems, index };
+}
+
+/** The part of the Consul client this source needs. */
+export interface KvReader {
+  kvTree(prefix: string, q?: { signal?: AbortSignal }): Promise<{
+    data: { key: string; value: Uint8Array | null }[];
+    index: number;
+  }>;
+}
+
+/** Normalise a KV prefix to end with exactly one "/" (an empty prefix means the root). */
+export function normalizePrefix(prefix: string): string {
+  const p = prefix.replace(/^\/+/, "");
+  return p === "" || p.endsWith("/") ? p : p + "/";
+}
+
+/** ACLs from Consul KV under a prefix. */
+export class ConsulAclSource implements AclSource {
+  readonly hasCatalog = true;
+  readonly prefix: string;
+  constructor(private readonly kv: KvReader, prefix: string) {
+    this.prefix = normalizePrefix(prefix);
+  }
+  get description(): string {
+    return `consul kv ${this.prefix}`;
+  }
+  async read(signal?: AbortSignal): Promise<AclSnapshot> {
+    const res = await this.kv.kvTree(this.prefix, { signal });
+    return this.fromKv(res.data, res.index);
+  }
+  /** Turn a KV listing into a snapshot (also used by the KV watch). */
+  fromKv(data: { key: string; value: Uint8Array | null }[], index?: number): AclSnapshot {
+    const pairs = data
+      .filter((p) => p.key.startsWith(this.prefix) && !p.key.endsWith("/"))
+      .map((p) => ({ key: p.key.slice(this.prefix.length), value: p.value }));
+    return snapshotFrom(pairs, index);
+  }
+}
+
+/** ACLs from files: key = path relative to the directory, "/"-separated. Hidden files are skipped. */
+export class DirAclSource implements AclSource {
+  readonly hasCatalog = false;
+  constructor(readonly dir: string) {}
+  get description(): string {
+    return `directory ${this.dir}`;
+  }
+  async read(signal?: AbortSignal): Promise<AclSnapshot> {
+    const pairs: RawPair[] = [];
+    try {
+      const st = await Deno.stat(this.dir);
+      if (!st.isDirectory) throw new ValidationError(`--acl-dir ${this.dir} is not a directory`);
+    } catch (err) {
+      if (err instanceof ValidationError) throw err;
+      throw new ValidationError(`--acl-dir ${this.dir} cannot be read: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    await this.walk(this.dir, pairs, signal, 0);
+    return snapshotFrom(pairs);
+  }
+  private async walk(dir: string, out: RawPair[], signal?: AbortSignal, depth = 0) {
+    if (depth > 16) return;
+    for await (const ent of Deno.readDir(dir)) {
+      signal?.throwIfAborted();
+      if (ent.name.startsWith(".") || ent.name.endsWith("~")) continue;
+      const path = join(dir, ent.name);
+      const st = await Deno.stat(path).catch(() => undefined);
+      if (!st) continue;
+      if (st.isDirectory) await this.walk(path, out, signal, depth + 1);
+      else if (st.isFile) {
+        const key = relative(this.dir, path).split(sep).join("/");
+        if (st.size > MAX_VALUE_BYTES) out.push({ key, value: null, size: st.size });
+        else out.push({ key, value: await Deno.readFile(path) });
+      }
+    }
+  }
+}
