@@ -1,0 +1,150 @@
+/**
+ * Helpers for integration tests against the real dockerd: labelled containers and networks that
+ * clean up after themselves, exec, and a clear failure when the test images are missing.
+ * Every object made here carries the label `egresstrator-test=<runId>`.
+ */
+import { DockerClient, type DockerClientOptions } from "../../src/docker/client.ts";
+
+/** Label key on every container and network the tests create. */
+export const TEST_LABEL = "egresstrator-test";
+
+/** This test process's id: the value of {@link TEST_LABEL} on what it creates. */
+export const RUN_ID = `${Date.now().toString(36)}-${crypto.randomUUID().slice(0, 8)}`;
+
+/** Static busybox with every applet in /bin, built by scripts/test_env.sh. */
+export const BUSYBOX_IMAGE = "egresstrator-test/busybox:1";
+
+/** A client for the default socket (or DOCKER_HOST-like `host`). Close it when done. */
+export function docker(opts: DockerClientOptions = {}): DockerClient {
+  return new DockerClient(opts);
+}
+
+async function withDocker<T>(fn: (c: DockerClient) => Promise<T>): Promise<T> {
+  const c = docker();
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}
+
+/** A fresh name for a test object: `egresstrator-test-<runId>-<what>-<random>`. */
+export function testName(what = "c"): string {
+  return `${TEST_LABEL}-${RUN_ID}-${what}-${crypto.randomUUID().slice(0, 6)}`;
+}
+
+/** Throw a clear error unless the image is present locally (there is no registry to pull from). */
+export async function requireImage(name = BUSYBOX_IMAGE): Promise<void> {
+  const present = await withDocker((c) => c.imageExists(name));
+  if (!present) throw new Error(`test image ${name} is missing: run scripts/test_env.sh`);
+}
+
+/** Options for {@link runContainer}. */
+export interface RunOptions {
+  cmd: string[];
+  image?: string;
+  env?: string[];
+  name?: string;
+  /** A network name, `none`, `host` or `container:<id>`; the default bridge when unset. */
+  network?: string;
+  labels?: Record<string, string>;
+  capAdd?: string[];
+  /** Extra HostConfig fields (Docker's spelling). */
+  hostConfig?: Record<string, unknown>;
+  runId?: string;
+}
+
+/** Create and start a labelled container through the Engine API; its id and name. */
+export async function runContainer(opts: RunOptions): Promise<{ id: string; name: string }> {
+  const name = opts.name ?? testName();
+  return await withDocker(async (c) => {
+    const { Id } = await c.rawJson<{ Id: string }>({
+      what: `create test container ${name}`,
+      method: "POST",
+      path: "/containers/create",
+      query: { name },
+      body: {
+        Image: opts.image ?? BUSYBOX_IMAGE,
+        Cmd: opts.cmd,
+        Env: opts.env ?? [],
+        Labels: { ...opts.labels, [TEST_LABEL]: opts.runId ?? RUN_ID },
+        HostConfig: { NetworkMode: opts.network ?? "bridge", CapAdd: opts.capAdd ?? [], ...opts.hostConfig },
+      },
+    });
+    await c.startContainer(Id);
+    return { id: Id, name };
+  });
+}
+
+/** Create a labelled bridge network; its id. With `ipv6`, give `subnet6` too (Docker wants one). */
+export async function createNetwork(
+  name: string,
+  opts: { ipv6?: boolean; subnet?: string; subnet6?: string; runId?: string } = {},
+): Promise<string> {
+  const config = [opts.subnet, opts.subnet6].filter((s): s is string => !!s).map((Subnet) => ({ Subnet }));
+  return await withDocker(async (c) => {
+    const { Id } = await c.rawJson<{ Id: string }>({
+      what: `create test network ${name}`,
+      method: "POST",
+      path: "/networks/create",
+      body: {
+        Name: name,
+        Driver: "bridge",
+        CheckDuplicate: true,
+        EnableIPv6: opts.ipv6 === true,
+        IPAM: { Driver: "default", Config: config },
+        Labels: { [TEST_LABEL]: opts.runId ?? RUN_ID },
+      },
+    });
+    return Id;
+  });
+}
+
+/**
+ * Force-remove the containers, then the networks, labelled for `runId` (this run by default).
+ * Pass `"*"` for every run's objects: only when no other test run can be going on.
+ */
+export async function removeAllTestObjects(runId: string = RUN_ID): Promise<void> {
+  const label = runId === "*" ? TEST_LABEL : `${TEST_LABEL}=${runId}`;
+  const filters = JSON.stringify({ label: [label] });
+  await withDocker(async (c) => {
+    const containers = await c.listContainers({ all: true, filters: { label: [label] } });
+    await Promise.all(containers.map((ct) => c.removeContainer(ct.id, { force: true })));
+    const networks = await c.rawJson<{ Id: string }[]>({
+      what: "list test networks",
+      path: "/networks",
+      query: { filters },
+    });
+    for (const n of networks ?? []) {
+      const res = await c.raw({
+        what: `remove network ${n.Id}`,
+        method: "DELETE",
+        path: `/networks/${n.Id}`,
+        allow: [404],
+      });
+      await res.body?.cancel();
+    }
+  });
+}
+
+/** Run a command in a running container through the exec API; its exit code and output. */
+export async function execIn(
+  id: string,
+  cmd: string[],
+  opts: { timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const c = docker({ timeoutMs: opts.timeoutMs ?? 30_000 });
+  try {
+    const execId = await c.execCreate(id, { cmd });
+    const out = await c.execStart(execId);
+    // The attached start returns when the process's output ends; its exit code may lag a moment.
+    for (let i = 0; i < 50; i++) {
+      const state = await c.execInspect(execId);
+      if (!state.running && state.exitCode !== null) return { code: state.exitCode, ...out };
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`exec ${cmd.join(" ")} in ${id.slice(0, 12)}: no exit code after its output ended`);
+  } finally {
+    c.close();
+  }
+}
