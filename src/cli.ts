@@ -6,7 +6,10 @@ import { Command, CommanderError, Option } from "@commander-js/extra-typings";
 import { addGlobalOptions, collectRaw } from "./cli_options.ts";
 import { buildConfig, type Config } from "./config.ts";
 import { readTokenFile } from "./app.ts";
-import { AppError, ConfigError } from "./errors.ts";
+import { ConfigError } from "./errors.ts";
+import { createLogger } from "./log.ts";
+import { startDaemon } from "./daemon.ts";
+import { clearCommand, setCommand } from "./commands/set_clear.ts";
 import type { Out } from "./commands/io.ts";
 import { renderCommand } from "./commands/render.ts";
 import { validateCommand } from "./commands/validate.ts";
@@ -17,13 +20,6 @@ export interface CliIO extends Out {
   env: Record<string, string | undefined>;
   /** Aborted on SIGINT/SIGTERM. */
   signal: AbortSignal;
-}
-
-/** Commands still to come print this and exit 2. */
-export class NotImplementedError extends AppError {
-  constructor(what: string) {
-    super(`${what} is not implemented yet`, { exitCode: 2 });
-  }
 }
 
 // deno-lint-ignore no-explicit-any
@@ -53,8 +49,17 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
     .configureOutput({ writeOut: (s) => io.stdout(s), writeErr: (s) => io.stderr(s) });
   addGlobalOptions(program);
   program.action(async (_opts, cmd) => {
-    await configFrom(cmd, io);
-    throw new NotImplementedError("the daemon");
+    const config = await configFrom(cmd, io);
+    const log = createLogger({ level: config.logLevel, format: config.logFormat });
+    const daemon = await startDaemon(config, log, io.signal);
+    const hup = () => void daemon.reload();
+    Deno.addSignalListener("SIGHUP", hup);
+    try {
+      await daemon.done;
+    } finally {
+      Deno.removeSignalListener("SIGHUP", hup);
+    }
+    done(0);
   });
 
   const sub = (name: string, summary: string) => {
@@ -80,17 +85,15 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
     .argument("[container]", "container id, id prefix or name")
     .option("-a, --all", "every running container that opts in")
     .option("-r, --rules <list>", "ACL keys to apply instead of the container's EGRESSTRATOR_ACL")
-    .action(async (_c, _opts, cmd) => {
-      await configFrom(cmd, io);
-      throw new NotImplementedError("set");
+    .action(async (container, opts, cmd) => {
+      done(await setCommand(await configFrom(cmd, io), { ...opts, container }, io, io.signal));
     });
 
   sub("clear", "Clear egress rules on specified container")
     .argument("[container]", "container id, id prefix or name")
     .option("-a, --all", "every running container that opts in")
-    .action(async (_c, _opts, cmd) => {
-      await configFrom(cmd, io);
-      throw new NotImplementedError("clear");
+    .action(async (container, opts, cmd) => {
+      done(await clearCommand(await configFrom(cmd, io), { ...opts, container }, io, io.signal));
     });
   return program;
 }

@@ -9,6 +9,9 @@ import { ConfigError } from "../errors.ts";
 import type { AclSnapshot, AclSource } from "../rules/acl_source.ts";
 import type { RulePlan } from "../plan.ts";
 import { VERSION } from "../version.ts";
+import { DockerClient } from "../docker/client.ts";
+import { resolveContainer } from "../docker/resolve.ts";
+import { containerIntent } from "../intent.ts";
 
 /** Options of `render`. */
 export interface RenderOptions {
@@ -26,18 +29,42 @@ export function reportProblems(out: Out, plan: RulePlan, snapshot: AclSnapshot, 
   for (const p of plan.problems) out.stderr(`${formatProblem(p)}\n`);
 }
 
+/** The ACL list and policy a container asks for (its env), `--rules` overriding the list. */
+async function containerWant(
+  config: Config,
+  ref: string,
+  rules: string | undefined,
+  out: Out,
+  signal: AbortSignal,
+) {
+  const docker = new DockerClient({ host: config.dockerHost, apiVersion: config.dockerApiVersion });
+  try {
+    const found = await resolveContainer(docker, ref, signal);
+    const info = await docker.inspectContainer(found.id, signal);
+    const intent = containerIntent(info.env, config.policy);
+    for (const p of intent.problems) out.stderr(`${info.name}: ${p}\n`);
+    if (!intent.enabled && rules === undefined) {
+      out.stderr(`${info.name}: note: not opted in (EGRESSTRATOR_ENABLE=1); showing what it would get\n`);
+    }
+    const acls = rules !== undefined ? parseAclList(rules) : intent.acls;
+    return { acls, policy: intent.policy, container: { id: info.id, name: info.name } };
+  } finally {
+    docker.close();
+  }
+}
+
 /** Run `render`; returns the exit code. */
 export async function renderCommand(config: Config, opts: RenderOptions, out: Out, signal: AbortSignal) {
   const family = opts.family ?? "ipv4";
   if (!["ipv4", "ipv6", "all"].includes(family)) {
     throw new ConfigError(`--family must be ipv4, ipv6 or all, not "${family}"`);
   }
-  if (opts.container) {
-    throw new ConfigError("render <container> needs the Docker support of a later release; use --rules");
-  }
+  const want = opts.container
+    ? await containerWant(config, opts.container, opts.rules, out, signal)
+    : { acls: parseAclList(opts.rules) };
   const ctx = await openRuleContext(config, signal);
   try {
-    const { plan, snapshot } = await planFor(ctx, config, { acls: parseAclList(opts.rules) }, signal);
+    const { plan, snapshot } = await planFor(ctx, config, want, signal);
     reportProblems(out, plan, snapshot, ctx.source);
     const families = family === "all" ? (["ipv4", "ipv6"] as const) : [family as "ipv4" | "ipv6"];
     if (opts.json) {

@@ -1,0 +1,105 @@
+/** How rules get into a container's network namespace. Everything before this is shared by all modes. */
+import type { RenderedRules } from "../render.ts";
+import type { ApplyMode } from "../config.ts";
+
+/** The container to act on. `pid` is its init process as the host sees it (0 when unknown). */
+export interface ApplyTarget {
+  id: string;
+  name: string;
+  pid: number;
+}
+
+/** Puts a whole filter table (both families) into a namespace, atomically per family. */
+export interface Applier {
+  readonly mode: ApplyMode;
+  /** Both families are checked (`--test`) before either is written, so a bad text changes nothing. */
+  apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void>;
+  /** Read the filter tables back (`iptables-save -t filter`), for drift checks. */
+  read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules>;
+}
+
+/** Result of running a program. */
+export interface CommandResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program; injected so the nsenter applier can be unit-tested without root. */
+export interface CommandRunner {
+  run(
+    cmd: string,
+    args: string[],
+    opts: { stdin?: string; signal: AbortSignal; env?: Record<string, string> },
+  ): Promise<
+    CommandResult
+  >;
+}
+
+/** The real runner: Deno.Command, stdin piped when given. */
+export const denoRunner: CommandRunner = {
+  async run(cmd, args, opts) {
+    const child = new Deno.Command(cmd, {
+      args,
+      stdin: opts.stdin === undefined ? "null" : "piped",
+      stdout: "piped",
+      stderr: "piped",
+      signal: opts.signal,
+      env: opts.env,
+    }).spawn();
+    if (opts.stdin !== undefined) {
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode(opts.stdin)).catch(() => {});
+      await w.close().catch(() => {});
+    }
+    const out = await child.output();
+    const dec = new TextDecoder();
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  },
+};
+
+/**
+ * The shell program both appliers run inside the namespace: test both families, then restore both.
+ * Texts arrive in env vars split into chunks (EGT4_0, EGT4_1, ... / EGT6_0, ...), so no temp files and
+ * no single string over the kernel's 128 KiB limit.
+ */
+export function applyScript(chunks4: number, chunks6: number): string {
+  const cat = (fam: string, n: number) =>
+    `printf '%s' ${Array.from({ length: n }, (_, i) => `"$EGT${fam}_${i}"`).join(" ")}`;
+  const v4 = cat("4", chunks4);
+  const v6 = cat("6", chunks6);
+  return [
+    `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`,
+    `${v6} | ip6tables-restore --test || { echo "egresstrator: ipv6 rules rejected by ip6tables-restore" >&2; exit 3; }`,
+    `${v4} | iptables-restore || exit 4`,
+    `${v6} | ip6tables-restore || exit 4`,
+  ].join("\n");
+}
+
+const CHUNK = 64 * 1024;
+
+/** Split a text into env entries for {@link applyScript}. */
+export function chunkEnv(fam: "4" | "6", text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  const n = Math.max(1, Math.ceil(text.length / CHUNK));
+  for (let i = 0; i < n; i++) env[`EGT${fam}_${i}`] = text.slice(i * CHUNK, (i + 1) * CHUNK);
+  return env;
+}
+
+/** Env and script for applying both families. */
+export function applyPayload(rules: RenderedRules): { env: Record<string, string>; script: string } {
+  const env = { ...chunkEnv("4", rules.ipv4), ...chunkEnv("6", rules.ipv6) };
+  const n4 = Object.keys(env).filter((k) => k.startsWith("EGT4_")).length;
+  const n6 = Object.keys(env).length - n4;
+  return { env, script: applyScript(n4, n6) };
+}
+
+/** Script that prints both filter tables, separated by a marker line. */
+export const READ_SCRIPT =
+  "iptables-save -t filter && echo '#--egresstrator-ipv6--' && ip6tables-save -t filter";
+
+/** Split {@link READ_SCRIPT}'s output. */
+export function splitRead(stdout: string): RenderedRules {
+  const [ipv4, ipv6 = ""] = stdout.split("#--egresstrator-ipv6--\n");
+  return { ipv4, ipv6 };
+}

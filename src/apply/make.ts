@@ -1,0 +1,15 @@
+/** Pick the applier a Config asks for. */
+import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
+import type { Applier } from "./applier.ts";
+import { denoRunner } from "./applier.ts";
+import { NsenterApplier } from "./nsenter.ts";
+import { HelperApplier, type HelperDocker } from "./helper.ts";
+
+/** nsenter by default; the helper container when --mode helper (or --image) is set. */
+export function makeApplier(config: Config, docker: HelperDocker, log: Logger): Applier {
+  if (config.mode === "helper") {
+    return new HelperApplier(docker, { image: config.image!, timeoutMs: config.helperTimeoutMs, log });
+  }
+  return new NsenterApplier(denoRunner);
+}

@@ -1,0 +1,65 @@
+/** Apply with `nsenter --net=/proc/<pid>/ns/net` and the host's iptables-restore. Needs root and host PID ns. */
+import type { Applier, ApplyTarget, CommandRunner } from "./applier.ts";
+import { applyPayload, READ_SCRIPT, splitRead } from "./applier.ts";
+import type { RenderedRules } from "../render.ts";
+import { ApplyError } from "../errors.ts";
+
+function hint(stderr: string): string {
+  if (/Operation not permitted|Permission denied/i.test(stderr)) {
+    return " (nsenter mode needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN in the host's PID namespace; or use --mode helper)";
+  }
+  if (/No such file|cannot open/i.test(stderr)) {
+    return " (the container's process is not visible: it stopped, or egresstrator runs outside the host's PID namespace)";
+  }
+  return "";
+}
+
+/** The nsenter applier. */
+export class NsenterApplier implements Applier {
+  readonly mode = "nsenter" as const;
+  constructor(private readonly runner: CommandRunner, private readonly nsenter = "nsenter") {}
+
+  private nsArgs(target: ApplyTarget): string[] {
+    if (!Number.isInteger(target.pid) || target.pid <= 0) {
+      throw new ApplyError(`container ${target.name} (${target.id.slice(0, 12)}) has no running process`);
+    }
+    return [`--net=/proc/${target.pid}/ns/net`, "--", "sh", "-c"];
+  }
+
+  private async sh(target: ApplyTarget, script: string, env: Record<string, string>, signal: AbortSignal) {
+    const args = [...this.nsArgs(target), script];
+    let res;
+    try {
+      res = await this.runner.run(this.nsenter, args, { signal, env: { PATH: SAFE_PATH, ...env } });
+    } catch (err) {
+      signal.throwIfAborted();
+      throw new ApplyError(`cannot run ${this.nsenter}: ${(err as Error).message}`, { cause: err });
+    }
+    return res;
+  }
+
+  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
+    const { env, script } = applyPayload(rules);
+    const res = await this.sh(target, script, env, signal);
+    if (res.code !== 0) {
+      const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;
+      throw new ApplyError(
+        `apply to ${target.name} (${target.id.slice(0, 12)}) via nsenter: ${msg}${hint(msg)}`,
+      );
+    }
+  }
+
+  async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {
+    const res = await this.sh(target, READ_SCRIPT, {}, signal);
+    if (res.code !== 0) {
+      const msg = res.stderr.trim() || `exit code ${res.code}`;
+      throw new ApplyError(
+        `read rules of ${target.name} (${target.id.slice(0, 12)}) via nsenter: ${msg}${hint(msg)}`,
+      );
+    }
+    return splitRead(res.stdout);
+  }
+}
+
+/** PATH for the shell inside the namespace: the host's sbin dirs, where iptables lives. */
+export const SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,0 +1,133 @@
+/** `set` and `clear`: act on one container or `--all`, print a line per container, exit 1 if any failed. */
+import type { Config } from "../config.ts";
+import { ConfigError, describeError, ValidationError } from "../errors.ts";
+import { DockerClient } from "../docker/client.ts";
+import { resolveContainer } from "../docker/resolve.ts";
+import type { ContainerInfo } from "../docker/types.ts";
+import { openRuleContext } from "../app.ts";
+import { RuleCache } from "../rule_cache.ts";
+import { makeApplier } from "../apply/make.ts";
+import { enforce, EnforceFailure } from "../enforce.ts";
+import { containerIntent } from "../intent.ts";
+import { CLEAR_TEXT } from "../render.ts";
+import { parseAclList } from "../plan.ts";
+import { createLogger } from "../log.ts";
+import type { Out } from "./io.ts";
+
+/** Options of `set` and `clear`. */
+export interface TargetOptions {
+  container?: string;
+  all?: boolean;
+  rules?: string;
+}
+
+function label(info: ContainerInfo): string {
+  return `${info.name} (${info.id.slice(0, 12)})`;
+}
+
+/** The containers a command acts on: one by reference, or every running one that opts in. */
+export async function targets(
+  docker: DockerClient,
+  config: Config,
+  opts: TargetOptions,
+  signal: AbortSignal,
+) {
+  if (!!opts.container === !!opts.all) throw new ConfigError("name one container, or pass --all");
+  if (opts.container) {
+    const found = await resolveContainer(docker, opts.container, signal);
+    const info = await docker.inspectContainer(found.id, signal);
+    if (!info.running) throw new ValidationError(`container ${label(info)} is not running`);
+    return [info];
+  }
+  const list = await docker.listContainers({ filters: { status: ["running"] }, signal });
+  const infos = await Promise.all(
+    list.map((c) => docker.inspectContainer(c.id, signal).catch(() => undefined)),
+  );
+  return infos.filter((i): i is ContainerInfo => !!i && containerIntent(i.env, config.policy).enabled);
+}
+
+async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const queue = [...items];
+  await Promise.all(Array.from({ length: Math.min(n, queue.length) }, async () => {
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
+  }));
+}
+
+/** Run `set`; returns the exit code. */
+export async function setCommand(config: Config, opts: TargetOptions, out: Out, signal: AbortSignal) {
+  const docker = new DockerClient({ host: config.dockerHost, apiVersion: config.dockerApiVersion });
+  const ctx = await openRuleContext(config, signal);
+  const log = createLogger({ level: config.debug ? "debug" : "warn", format: config.logFormat });
+  try {
+    const list = await targets(docker, config, opts, signal);
+    if (list.length === 0) out.stderr("set: no running container opts in (EGRESSTRATOR_ENABLE=1)\n");
+    const deps = {
+      applier: makeApplier(config, docker, log),
+      rules: new RuleCache(
+        ctx.source,
+        ctx.consul,
+        60_000,
+        (lines) => lines.forEach((l) => out.stderr(`${l}\n`)),
+      ),
+      renderer: () => ctx.renderer,
+      config,
+    };
+    const aclsOverride = opts.rules !== undefined ? parseAclList(opts.rules) : undefined;
+    let failed = 0;
+    await pool(list, config.concurrency, async (info) => {
+      const t0 = performance.now();
+      try {
+        const r = await enforce(deps, { info, aclsOverride, signal });
+        for (const n of r.notes) out.stderr(`${info.name}: ${n}\n`);
+        const ms = Math.round(performance.now() - t0);
+        if (r.status === "skipped") {
+          failed++;
+          out.stdout(`${label(info)}: not set: ${r.reason} (set EGRESSTRATOR_ENABLE=1 or pass --rules)\n`);
+        } else {
+          const what = r.status === "denied"
+            ? `deny-all applied (${r.error})`
+            : `${r.ruleCount} rules applied`;
+          out.stdout(
+            `${label(info)}: ${what}, acls ${
+              r.acls.join(",") || "(none)"
+            }, policy ${r.policy}, ${deps.applier.mode}, ${ms} ms\n`,
+          );
+        }
+      } catch (err) {
+        signal.throwIfAborted();
+        failed++;
+        if (err instanceof EnforceFailure) { for (const n of err.notes) out.stderr(`${info.name}: ${n}\n`); }
+        out.stdout(`${label(info)}: FAILED: ${describeError(err)}\n`);
+      }
+    });
+    return failed > 0 ? 1 : 0;
+  } finally {
+    ctx.close();
+    docker.close();
+  }
+}
+
+/** Run `clear`: an empty ACCEPT filter table for both families. */
+export async function clearCommand(config: Config, opts: TargetOptions, out: Out, signal: AbortSignal) {
+  const docker = new DockerClient({ host: config.dockerHost, apiVersion: config.dockerApiVersion });
+  const log = createLogger({ level: config.debug ? "debug" : "warn", format: config.logFormat });
+  try {
+    const list = await targets(docker, config, opts, signal);
+    if (list.length === 0) out.stderr("clear: no running container opts in (EGRESSTRATOR_ENABLE=1)\n");
+    const applier = makeApplier(config, docker, log);
+    let failed = 0;
+    await pool(list, config.concurrency, async (info) => {
+      try {
+        await applier.apply(info, { ipv4: CLEAR_TEXT, ipv6: CLEAR_TEXT }, signal);
+        out.stdout(`${label(info)}: cleared\n`);
+      } catch (err) {
+        signal.throwIfAborted();
+        failed++;
+        out.stdout(`${label(info)}: FAILED: ${describeError(err)}\n`);
+      }
+    });
+    return failed > 0 ? 1 : 0;
+  } finally {
+    docker.close();
+  }
+}

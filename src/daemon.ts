@@ -1,0 +1,142 @@
+/**
+ * The daemon: a full pass at start, then Docker's events mark containers dirty for the reconcile loop.
+ * A broken event stream reconnects with backoff and catches up (events since the last one seen, plus a
+ * full pass). SIGHUP reloads the template and re-checks everything. Shutdown lets in-flight applies end.
+ */
+import type { Config } from "./config.ts";
+import type { Logger } from "./log.ts";
+import { DockerClient } from "./docker/client.ts";
+import { Reconciler } from "./reconcile.ts";
+import { openRuleContext } from "./app.ts";
+import { RuleCache } from "./rule_cache.ts";
+import { loadTemplates, Renderer } from "./render.ts";
+import { describeError } from "./errors.ts";
+import { makeApplier } from "./apply/make.ts";
+import { VERSION } from "./version.ts";
+
+/** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
+export interface DaemonControl {
+  /** Resolves when the daemon has stopped. */
+  done: Promise<void>;
+  /** Same as SIGHUP. */
+  reload(): Promise<void>;
+  reconciler: Reconciler;
+}
+
+/** Sleep that ends early, without throwing, when the signal aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Start the daemon. `signal` is the shutdown request; `hardStop` also aborts in-flight work. */
+export async function startDaemon(
+  config: Config,
+  log: Logger,
+  signal: AbortSignal,
+  hardStop: AbortSignal = new AbortController().signal,
+): Promise<DaemonControl> {
+  const docker = new DockerClient({
+    host: config.dockerHost,
+    apiVersion: config.dockerApiVersion,
+    signal: hardStop,
+  });
+  const ctx = await openRuleContext(config, hardStop);
+  let renderer: Renderer = ctx.renderer;
+  const rules = new RuleCache(ctx.source, ctx.consul, 1000, (lines) => {
+    for (const problem of lines) log.warn("acl problem", { source: ctx.source.description, problem });
+  });
+  const applier = makeApplier(config, docker, log);
+  const reconciler = new Reconciler({
+    applier,
+    rules,
+    renderer: () => renderer,
+    config,
+    docker,
+    log,
+    concurrency: config.concurrency,
+    signal: hardStop,
+  });
+  log.info("egresstrator starting", {
+    version: VERSION,
+    mode: applier.mode,
+    acls: ctx.source.description,
+    docker: config.dockerHost,
+    policy: config.policy,
+  });
+
+  const reload = async () => {
+    try {
+      renderer = new Renderer(await loadTemplates(config.templateFile), VERSION);
+      log.info("templates reloaded; re-checking every container");
+    } catch (err) {
+      log.error("template reload failed; keeping the previous one", { error: describeError(err) });
+    }
+    rules.invalidate();
+    for (const id of reconciler.states.keys()) reconciler.mark(id);
+    await reconciler.markAll(signal).catch((err) =>
+      log.warn("list containers failed", { error: describeError(err) })
+    );
+  };
+
+  const done = (async () => {
+    try {
+      await followEvents({ docker, reconciler, log, signal });
+    } finally {
+      log.info("shutting down: finishing in-flight applies");
+      await reconciler.close();
+      docker.close();
+      ctx.close();
+      log.info("stopped");
+    }
+  })();
+  return { done, reload, reconciler };
+}
+
+interface FollowDeps {
+  docker: DockerClient;
+  reconciler: Reconciler;
+  log: Logger;
+  signal: AbortSignal;
+}
+
+/** Subscribe, full pass, stream; on any break: back off, resubscribe from the last event, full pass again. */
+async function followEvents({ docker, reconciler, log, signal }: FollowDeps): Promise<void> {
+  let since: string = (Date.now() / 1000).toFixed(3);
+  let backoff = 500;
+  let connectedOnce = false;
+  while (!signal.aborted) {
+    try {
+      await docker.negotiate(signal);
+      // Events since the last one seen cover the gap between listing and subscribing.
+      const stream = docker.events({
+        since,
+        filters: { type: ["container"], event: ["start", "die", "destroy"] },
+        signal,
+        onBadLine: (_line, reason) => log.warn("bad event from docker", { reason }),
+      });
+      const n = await reconciler.markAll(signal);
+      log.info(connectedOnce ? "reconnected to docker" : "connected to docker", { running: n });
+      connectedOnce = true;
+      backoff = 500;
+      for await (const ev of stream) {
+        since = (ev.timeNano / 1e9).toFixed(9);
+        if (ev.action === "start") reconciler.mark(ev.id);
+        else reconciler.forget(ev.id);
+      }
+      if (!signal.aborted) log.warn("docker event stream ended; reconnecting");
+    } catch (err) {
+      if (signal.aborted) break;
+      log.warn("docker unavailable; retrying", { error: describeError(err), retryMs: backoff });
+      await pause(backoff * (0.5 + Math.random() / 2), signal);
+      backoff = Math.min(backoff * 2, 15_000);
+    }
+  }
+}

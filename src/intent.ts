@@ -1,0 +1,50 @@
+/** What a container asks for, from its env (pure): opt-in, ACL list and policy. */
+import type { Policy } from "./config.ts";
+import { parseAclList } from "./plan.ts";
+import { keyProblem } from "./rules/acl_source.ts";
+import { commentSafe } from "./render.ts";
+
+/** A container's request, and what was wrong with its env. */
+export interface Intent {
+  enabled: boolean;
+  acls: string[];
+  policy: Policy;
+  /** Garbage env values, reported and otherwise ignored. */
+  problems: string[];
+}
+
+/** Last value of each `KEY=value` entry. */
+export function envMap(env: readonly string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const e of env) {
+    const eq = e.indexOf("=");
+    if (eq > 0) out.set(e.slice(0, eq), e.slice(eq + 1));
+  }
+  return out;
+}
+
+/** Opt-in is `EGRESSTRATOR_ENABLE=1` exactly, as in the original tool. */
+export function containerIntent(env: readonly string[], defaultPolicy: Policy): Intent {
+  const vars = envMap(env);
+  const problems: string[] = [];
+  const enable = vars.get("EGRESSTRATOR_ENABLE");
+  const enabled = enable === "1";
+  if (enable !== undefined && !enabled && enable !== "0" && enable !== "") {
+    problems.push(`EGRESSTRATOR_ENABLE="${commentSafe(enable)}" is not 1: not enforced`);
+  }
+  const acls: string[] = [];
+  for (const name of parseAclList(vars.get("EGRESSTRATOR_ACL"))) {
+    const bad = keyProblem(name);
+    if (bad) problems.push(`EGRESSTRATOR_ACL entry "${commentSafe(name)}" ignored: ${bad}`);
+    else acls.push(name);
+  }
+  let policy = defaultPolicy;
+  const p = vars.get("EGRESSTRATOR_POLICY");
+  if (p === "protect" || p === "allowlist") policy = p;
+  else if (p !== undefined && p !== "") {
+    problems.push(
+      `EGRESSTRATOR_POLICY="${commentSafe(p)}" is not protect or allowlist: using ${defaultPolicy}`,
+    );
+  }
+  return { enabled, acls, policy, problems };
+}

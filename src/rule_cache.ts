@@ -1,0 +1,64 @@
+/**
+ * One shared view of the ACLs and the services they name, for every container in a burst: concurrent
+ * callers share one in-flight read, and a fresh result is reused for `maxAgeMs`.
+ */
+import type { AclSnapshot, AclSource } from "./rules/acl_source.ts";
+import { type CatalogReader, resolveServices, type ServiceLookup } from "./services.ts";
+import { buildPlan, serviceRulesOf } from "./plan.ts";
+import { formatProblem } from "./rules/grammar.ts";
+
+/** ACLs plus resolved services at one moment. */
+export interface RuleData {
+  snapshot: AclSnapshot;
+  services: Map<string, ServiceLookup>;
+  hasCatalog: boolean;
+  /** Date.now() when read. */
+  at: number;
+}
+
+/** Reads and caches {@link RuleData}. */
+export class RuleCache {
+  private current?: RuleData;
+  private inflight?: Promise<RuleData>;
+  constructor(
+    private readonly source: AclSource,
+    private readonly catalog: CatalogReader | undefined,
+    private readonly maxAgeMs = 1000,
+    /** Called with the ACL problems of a snapshot when they differ from the previous one's. */
+    private readonly onProblems: (lines: string[]) => void = () => {},
+    private readonly now = () => Date.now(),
+  ) {}
+  private lastProblems = "";
+
+  /** Data no older than maxAgeMs; throws what the source or catalog threw. */
+  get(signal?: AbortSignal): Promise<RuleData> {
+    if (this.current && this.now() - this.current.at < this.maxAgeMs) return Promise.resolve(this.current);
+    this.inflight ??= this.load(signal).finally(() => (this.inflight = undefined));
+    return this.inflight;
+  }
+
+  /** Forget the cached data (a change was seen, or SIGHUP). */
+  invalidate(): void {
+    this.current = undefined;
+  }
+
+  private async load(signal?: AbortSignal): Promise<RuleData> {
+    const snapshot = await this.source.read(signal);
+    const services = this.catalog
+      ? await resolveServices(this.catalog, serviceRulesOf(snapshot), signal)
+      : new Map<string, ServiceLookup>();
+    this.current = { snapshot, services, hasCatalog: this.source.hasCatalog, at: this.now() };
+    const lines = keyProblems(this.current);
+    if (lines.join("\n") !== this.lastProblems) {
+      this.lastProblems = lines.join("\n");
+      this.onProblems(lines);
+    }
+    return this.current;
+  }
+}
+
+/** Problems with the keys themselves, whoever uses them: bad lines, bad names, service trouble. */
+export function keyProblems(data: Omit<RuleData, "at">): string[] {
+  const plan = buildPlan({ ...data, acls: [], policy: "protect", dnsResolvers: [] });
+  return plan.problems.map(formatProblem);
+}
