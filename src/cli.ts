@@ -10,6 +10,7 @@ import { ConfigError } from "./errors.ts";
 import { createLogger } from "./log.ts";
 import { startDaemon } from "./daemon.ts";
 import { clearCommand, setCommand } from "./commands/set_clear.ts";
+import { statusCommand } from "./commands/status.ts";
 import type { Out } from "./commands/io.ts";
 import { renderCommand } from "./commands/render.ts";
 import { validateCommand } from "./commands/validate.ts";
@@ -80,6 +81,10 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
 
   sub("validate", "check every ACL key and the services they name; exit 2 on errors")
     .action(async (_opts, cmd) => done(await validateCommand(await configFrom(cmd, io), io, io.signal)));
+
+  sub("status", "show what a running daemon enforces (from its --listen socket)")
+    .option("--json", "print the daemon's /status JSON")
+    .action(async (opts, cmd) => done(await statusCommand(await configFrom(cmd, io), opts, io)));
 
   sub("set", "Set egress rules on specified container")
     .argument("[container]", "container id, id prefix or name")

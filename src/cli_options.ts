@@ -146,6 +146,26 @@ export const GLOBAL_OPTIONS: GlobalSpec[] = [
     help: "how long a helper container may run",
   },
   {
+    key: "listen",
+    flags: "--listen <address>",
+    env: "EGRESSTRATOR_LISTEN",
+    def: "unix:///run/egresstrator/egresstrator.sock",
+    help: "daemon status server (/healthz, /status, /metrics): unix:///path, tcp://host:port or none",
+  },
+  {
+    key: "resyncInterval",
+    flags: "--resync-interval <duration>",
+    env: "EGRESSTRATOR_RESYNC_INTERVAL",
+    def: "60s",
+    help: "daemon: how often rules are read back and repaired if changed (0 = off)",
+  },
+  {
+    key: "stale",
+    flags: "--stale",
+    env: "EGRESSTRATOR_CONSUL_STALE",
+    help: "let any Consul server answer watches, not only the leader",
+  },
+  {
     key: "logFormat",
     flags: "--log-format <format>",
     env: "EGRESSTRATOR_LOG_FORMAT",

@@ -42,6 +42,12 @@ export interface Config {
   concurrency: number;
   /** Seconds a helper container may run before it is killed and removed. */
   helperTimeoutMs: number;
+  /** Status server: `unix:///path`, `tcp://host:port`, or undefined for none. */
+  listen?: string;
+  /** Drift check period; 0 turns it off. */
+  resyncIntervalMs: number;
+  /** Let any Consul server answer watches (`?stale`), not only the leader. */
+  consulStale: boolean;
 }
 
 /** Defaults, as documented in the README. */
@@ -63,6 +69,8 @@ export const DEFAULTS = {
   timeoutMs: 10_000,
   concurrency: 8,
   helperTimeoutMs: 30_000,
+  listen: "unix:///run/egresstrator/egresstrator.sock",
+  resyncIntervalMs: 60_000,
 } as const;
 
 /** Raw option values as the CLI collected them (flags already merged with env by commander). */
@@ -90,6 +98,9 @@ export interface RawOptions {
   consulTimeout?: string;
   concurrency?: string;
   helperTimeout?: string;
+  listen?: string;
+  resyncInterval?: string;
+  stale?: boolean | string;
 }
 
 function oneOf<T extends string>(name: string, value: string | undefined, allowed: readonly T[], def: T): T {
@@ -135,6 +146,19 @@ export function parseResolvers(value: string): string[] {
   }
   if (out.length === 0) throw new ConfigError("--dns needs at least one resolver address");
   return out;
+}
+
+/** `unix:///path`, `tcp://host:port`, `host:port` or `none`. */
+export function parseListen(value: string | undefined): string | undefined {
+  const v = value === undefined || value === "" ? DEFAULTS.listen : value;
+  if (v === "none" || v === "off") return undefined;
+  if (/^unix:\/\/\/.+/.test(v)) return v;
+  const hostPort = v.replace(/^tcp:\/\//, "");
+  const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(hostPort);
+  if (!m || Number(m[2]) > 65535) {
+    throw new ConfigError(`--listen must be unix:///path, tcp://host:port or none, not "${v}"`);
+  }
+  return `tcp://${hostPort}`;
 }
 
 function positiveInt(name: string, value: string | undefined, def: number): number {
@@ -202,6 +226,13 @@ export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Re
     helperTimeoutMs: raw.helperTimeout
       ? parseDuration("--helper-timeout", raw.helperTimeout)
       : DEFAULTS.helperTimeoutMs,
+    listen: parseListen(raw.listen),
+    resyncIntervalMs: raw.resyncInterval === undefined || raw.resyncInterval === ""
+      ? DEFAULTS.resyncIntervalMs
+      : /^0+(s|ms|m)?$/.test(raw.resyncInterval)
+      ? 0
+      : parseDuration("--resync-interval", raw.resyncInterval),
+    consulStale: parseBool("--stale", raw.stale),
   };
   return deepFreeze(config);
 }

@@ -8,7 +8,11 @@ import type { Logger } from "./log.ts";
 import { DockerClient } from "./docker/client.ts";
 import { Reconciler } from "./reconcile.ts";
 import { openRuleContext } from "./app.ts";
-import { RuleCache } from "./rule_cache.ts";
+import { LiveRules } from "./live.ts";
+import { Metrics } from "./metrics.ts";
+import { neededServices } from "./affected.ts";
+import { serveStatus, type StatusSource } from "./status.ts";
+import type { RuleContext } from "./app.ts";
 import { loadTemplates, Renderer } from "./render.ts";
 import { describeError } from "./errors.ts";
 import { makeApplier } from "./apply/make.ts";
@@ -21,6 +25,8 @@ export interface DaemonControl {
   /** Same as SIGHUP. */
   reload(): Promise<void>;
   reconciler: Reconciler;
+  metrics: Metrics;
+  rules: LiveRules;
 }
 
 /** Sleep that ends early, without throwing, when the signal aborts. */
@@ -50,11 +56,25 @@ export async function startDaemon(
   });
   const ctx = await openRuleContext(config, hardStop);
   let renderer: Renderer = ctx.renderer;
-  const rules = new RuleCache(ctx.source, ctx.consul, 1000, (lines) => {
-    for (const problem of lines) log.warn("acl problem", { source: ctx.source.description, problem });
-  });
+  const metrics = new Metrics();
   const applier = makeApplier(config, docker, log);
-  const reconciler = new Reconciler({
+  const rules: LiveRules = new LiveRules({
+    source: ctx.source,
+    consul: ctx.consul,
+    log,
+    metrics,
+    signal,
+    stale: config.consulStale,
+    onChange: (change) => {
+      const n = reconciler.markAffected(change);
+      log.info("acl change", {
+        keys: [...change.changed, ...change.addedOrRemoved].join(","),
+        containers: n,
+      });
+      void pruneWatches();
+    },
+  });
+  const reconciler: Reconciler = new Reconciler({
     applier,
     rules,
     renderer: () => renderer,
@@ -63,7 +83,12 @@ export async function startDaemon(
     log,
     concurrency: config.concurrency,
     signal: hardStop,
+    metrics,
   });
+  const pruneWatches = async () => {
+    const data = await rules.get(signal).catch(() => undefined);
+    if (data) rules.prune(neededServices(data.snapshot, reconciler.enforced()));
+  };
   log.info("egresstrator starting", {
     version: VERSION,
     mode: applier.mode,
@@ -71,6 +96,13 @@ export async function startDaemon(
     docker: config.dockerHost,
     policy: config.policy,
   });
+  const state = { dockerConnected: false };
+  const source = statusSource({ config, ctx, reconciler, rules, metrics, applier, state });
+  const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
+  rules.start();
+  const resync = config.resyncIntervalMs > 0
+    ? setInterval(() => void reconciler.resync().then(() => pruneWatches()), config.resyncIntervalMs)
+    : undefined;
 
   const reload = async () => {
     try {
@@ -79,7 +111,6 @@ export async function startDaemon(
     } catch (err) {
       log.error("template reload failed; keeping the previous one", { error: describeError(err) });
     }
-    rules.invalidate();
     for (const id of reconciler.states.keys()) reconciler.mark(id);
     await reconciler.markAll(signal).catch((err) =>
       log.warn("list containers failed", { error: describeError(err) })
@@ -88,16 +119,66 @@ export async function startDaemon(
 
   const done = (async () => {
     try {
-      await followEvents({ docker, reconciler, log, signal });
+      await followEvents({ docker, reconciler, log, signal, state });
     } finally {
       log.info("shutting down: finishing in-flight applies");
+      clearInterval(resync);
       await reconciler.close();
+      await status?.finished;
       docker.close();
       ctx.close();
       log.info("stopped");
     }
   })();
-  return { done, reload, reconciler };
+  return { done, reload, reconciler, metrics, rules };
+}
+
+interface StatusDeps {
+  config: Config;
+  ctx: RuleContext;
+  reconciler: Reconciler;
+  rules: LiveRules;
+  metrics: Metrics;
+  applier: { mode: string };
+  state: { dockerConnected: boolean };
+}
+
+function statusSource(d: StatusDeps): StatusSource {
+  return {
+    report: () => ({
+      version: VERSION,
+      mode: d.applier.mode,
+      policy: d.config.policy,
+      source: d.ctx.source.description,
+      watches: d.rules.watchCount(),
+      docker: { connected: d.state.dockerConnected },
+      consul: { errors: d.metrics.get("egresstrator_consul_errors_total") },
+      containers: [...d.reconciler.states.values()].map((s) => ({
+        id: s.id,
+        name: s.name,
+        acls: s.acls,
+        policy: s.policy,
+        ruleCount: s.ruleCount,
+        hash: s.hash,
+        lastApplied: s.lastApplied,
+        lastError: s.lastError,
+        denied: s.denied,
+      })),
+    }),
+    metrics: () => {
+      d.metrics.set(
+        "egresstrator_enforced_containers",
+        "Containers with rules in place",
+        d.reconciler.states.size,
+      );
+      d.metrics.set(
+        "egresstrator_docker_connected",
+        "1 while the Docker event stream is up",
+        d.state.dockerConnected ? 1 : 0,
+      );
+      return d.metrics.render();
+    },
+  };
 }
 
 interface FollowDeps {
@@ -105,10 +186,11 @@ interface FollowDeps {
   reconciler: Reconciler;
   log: Logger;
   signal: AbortSignal;
+  state: { dockerConnected: boolean };
 }
 
 /** Subscribe, full pass, stream; on any break: back off, resubscribe from the last event, full pass again. */
-async function followEvents({ docker, reconciler, log, signal }: FollowDeps): Promise<void> {
+async function followEvents({ docker, reconciler, log, signal, state }: FollowDeps): Promise<void> {
   let since: string = (Date.now() / 1000).toFixed(3);
   let backoff = 500;
   let connectedOnce = false;
@@ -125,14 +207,17 @@ async function followEvents({ docker, reconciler, log, signal }: FollowDeps): Pr
       const n = await reconciler.markAll(signal);
       log.info(connectedOnce ? "reconnected to docker" : "connected to docker", { running: n });
       connectedOnce = true;
+      state.dockerConnected = true;
       backoff = 500;
       for await (const ev of stream) {
         since = (ev.timeNano / 1e9).toFixed(9);
-        if (ev.action === "start") reconciler.mark(ev.id);
+        if (ev.action === "start") reconciler.mark(ev.id, Math.floor(ev.timeNano / 1e6));
         else reconciler.forget(ev.id);
       }
+      state.dockerConnected = false;
       if (!signal.aborted) log.warn("docker event stream ended; reconnecting");
     } catch (err) {
+      state.dockerConnected = false;
       if (signal.aborted) break;
       log.warn("docker unavailable; retrying", { error: describeError(err), retryMs: backoff });
       await pause(backoff * (0.5 + Math.random() / 2), signal);

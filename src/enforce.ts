@@ -3,11 +3,11 @@
  * unless the text is what was last applied. Shared by the daemon's reconcile loop and `set`.
  */
 import type { Config, Policy } from "./config.ts";
-import type { Applier } from "./apply/applier.ts";
+import { type Applier, normalizeSaved } from "./apply/applier.ts";
 import type { ContainerInfo } from "./docker/types.ts";
 import { buildPlan, type RulePlan } from "./plan.ts";
 import { type RenderedRules, type Renderer, rulesHash } from "./render.ts";
-import type { RuleCache } from "./rule_cache.ts";
+import type { RuleProvider } from "./rule_cache.ts";
 import { containerIntent } from "./intent.ts";
 import { describeError } from "./errors.ts";
 import { snapshotFrom } from "./rules/acl_source.ts";
@@ -15,7 +15,7 @@ import { snapshotFrom } from "./rules/acl_source.ts";
 /** What enforcing needs. `renderer` is a getter because SIGHUP replaces it. */
 export interface EnforceDeps {
   applier: Applier;
-  rules: RuleCache;
+  rules: RuleProvider;
   renderer: () => Renderer;
   config: Pick<Config, "policy" | "dnsResolvers" | "onError">;
 }
@@ -38,6 +38,8 @@ export type EnforceOutcome =
     acls: string[];
     policy: Policy;
     hash: string;
+    /** Baseline for drift checks; absent when nothing was applied ("unchanged"). */
+    savedHash?: string;
     ruleCount: number;
     notes: string[];
     /** Set for "denied": why the real rules could not be built. */
@@ -71,11 +73,17 @@ export function denyPlan(config: EnforceDeps["config"], info: ContainerInfo): Ru
   });
 }
 
+/** Hash of tables as read back, comments and counters ignored (what drift checks compare). */
+export function savedHash(saved: RenderedRules): Promise<string> {
+  return rulesHash({ ipv4: normalizeSaved(saved.ipv4), ipv6: normalizeSaved(saved.ipv6) });
+}
+
 async function applyIfChanged(deps: EnforceDeps, req: EnforceRequest, rendered: RenderedRules) {
   const hash = await rulesHash(rendered);
-  if (hash === req.previousHash) return { hash, applied: false };
-  await deps.applier.apply({ id: req.info.id, name: req.info.name, pid: req.info.pid }, rendered, req.signal);
-  return { hash, applied: true };
+  if (hash === req.previousHash) return { hash, applied: false, saved: undefined };
+  const target = { id: req.info.id, name: req.info.name, pid: req.info.pid };
+  const saved = await savedHash(await deps.applier.apply(target, rendered, req.signal));
+  return { hash, applied: true, saved };
 }
 
 /** Decide and apply for one container. Throws EnforceFailure; never anything else except on abort. */
@@ -131,9 +139,17 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
   }
   try {
     const rendered = deps.renderer().renderAll(plan!);
-    const { hash, applied } = await applyIfChanged(deps, req, rendered);
+    const { hash, applied, saved } = await applyIfChanged(deps, req, rendered);
     const status = applied ? "applied" : "unchanged";
-    return { status, acls, policy: intent.policy, hash, ruleCount: countRules(rendered), notes };
+    return {
+      status,
+      acls,
+      policy: intent.policy,
+      hash,
+      savedHash: saved,
+      ruleCount: countRules(rendered),
+      notes,
+    };
   } catch (err) {
     req.signal.throwIfAborted();
     throw new EnforceFailure(describeError(err), notes, { cause: err, transient: true });

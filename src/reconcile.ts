@@ -8,6 +8,18 @@ import type { Logger } from "./log.ts";
 import type { Policy } from "./config.ts";
 import { enforce, type EnforceDeps, EnforceFailure } from "./enforce.ts";
 import { describeError, DockerError } from "./errors.ts";
+import { savedHash } from "./enforce.ts";
+import { affectedBy, type Enforced } from "./affected.ts";
+import type { RuleChange } from "./live.ts";
+import { ENFORCE_BUCKETS, type Metrics } from "./metrics.ts";
+
+/** Run `fn` over items, at most `n` at a time. */
+export async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const queue = [...items];
+  await Promise.all(Array.from({ length: Math.min(n, queue.length) }, async () => {
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
+  }));
+}
 
 /** What the loop remembers per enforced container (also what `/status` shows). */
 export interface ContainerState {
@@ -16,6 +28,8 @@ export interface ContainerState {
   acls: string[];
   policy: Policy;
   hash?: string;
+  /** Hash of the tables as read back after the last apply: what drift checks compare with. */
+  savedHash?: string;
   ruleCount: number;
   mode: string;
   lastApplied?: string;
@@ -42,8 +56,7 @@ export interface ReconcileOptions extends EnforceDeps {
   signal: AbortSignal;
   retryMinMs?: number;
   retryMaxMs?: number;
-  /** Called after every decision (metrics, tests). */
-  onDecision?: (id: string, status: string, ms: number) => void;
+  metrics?: Metrics;
 }
 
 /** The loop. */
@@ -52,16 +65,65 @@ export class Reconciler {
   private readonly dirty = new Set<string>();
   private readonly inFlight = new Set<string>();
   private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** When a container was first marked since its last decision (Docker's event time for starts). */
+  private readonly markedAt = new Map<string, number>();
   private idleWaiters: (() => void)[] = [];
   private closed = false;
 
   constructor(private readonly opts: ReconcileOptions) {}
 
-  /** Mark one container for a (re)check. */
-  mark(id: string): void {
+  /** Mark one container for a (re)check; `at` (ms since epoch) starts its time-to-enforce clock. */
+  mark(id: string, at = Date.now()): void {
     if (this.closed) return;
+    if (!this.markedAt.has(id) || this.markedAt.get(id)! > at) this.markedAt.set(id, at);
     this.dirty.add(id);
     this.kick();
+  }
+
+  /** Mark the containers a rule change can touch; returns how many. */
+  markAffected(change: RuleChange): number {
+    const ids = affectedBy(change, this.enforced());
+    ids.forEach((id) => this.mark(id));
+    return ids.length;
+  }
+
+  /** What the change and watch logic needs of each enforced container. */
+  enforced(): Enforced[] {
+    return [...this.states.values()].map((s) => ({
+      id: s.id,
+      acls: s.acls,
+      policy: s.policy,
+      unsettled: s.denied || s.lastError !== undefined,
+    }));
+  }
+
+  /** Read every enforced container's tables back; re-apply where they no longer match. Returns repairs. */
+  async resync(): Promise<number> {
+    let repaired = 0;
+    const list = [...this.states.values()].filter((s) => s.savedHash && !this.inFlight.has(s.id));
+    await pool(list, this.opts.concurrency, async (s) => {
+      const drifted = await this.drifted(s).catch((err) => {
+        this.opts.log.debug("drift check failed", { container: s.name, error: describeError(err) });
+        return false;
+      });
+      if (!drifted || this.states.get(s.id) !== s) return;
+      repaired++;
+      this.opts.metrics?.inc(
+        "egresstrator_drift_repairs_total",
+        "Containers whose rules were changed by someone else",
+      );
+      this.opts.log.warn("rules drifted; re-applying", { container: s.name, id: s.id.slice(0, 12) });
+      this.states.set(s.id, { ...s, hash: undefined, savedHash: undefined });
+      this.mark(s.id);
+    });
+    return repaired;
+  }
+
+  private async drifted(s: ContainerState): Promise<boolean> {
+    const info = await this.opts.docker.inspectContainer(s.id, this.opts.signal);
+    if (!info.running) return false;
+    const now = await this.opts.applier.read({ id: s.id, name: s.name, pid: info.pid }, this.opts.signal);
+    return (await savedHash(now)) !== s.savedHash;
   }
 
   /** Mark every running container (startup, reconnect, SIGHUP). */
@@ -74,6 +136,7 @@ export class Reconciler {
   /** Drop a container that stopped or was removed. */
   forget(id: string): void {
     this.states.delete(id);
+    this.markedAt.delete(id);
     this.dirty.delete(id);
     const t = this.timers.get(id);
     if (t !== undefined) clearTimeout(t);
@@ -125,6 +188,8 @@ export class Reconciler {
     const { log, signal } = this.opts;
     const started = performance.now();
     const prev = this.states.get(id);
+    const markedAt = this.markedAt.get(id) ?? Date.now();
+    this.markedAt.delete(id);
     let info: ContainerInfo;
     try {
       info = await this.opts.docker.inspectContainer(id, signal);
@@ -148,6 +213,7 @@ export class Reconciler {
           policy: out.policy,
           hash: out.hash,
           ruleCount: out.ruleCount,
+          savedHash: out.status === "unchanged" ? prev?.savedHash : out.savedHash,
           mode: this.opts.applier.mode,
           lastApplied: out.status === "unchanged" ? prev?.lastApplied : new Date().toISOString(),
           lastError: out.error,
@@ -168,10 +234,31 @@ export class Reconciler {
           this.retryLater(id, prev?.attempts ?? 0);
         } else log[out.status === "applied" ? "info" : "debug"](out.status, fields);
       }
-      this.opts.onDecision?.(id, out.status, ms);
+      this.record(out.status, markedAt);
     } catch (err) {
       if (signal.aborted) return;
       await this.failed(id, info, err, prev);
+    }
+  }
+
+  private record(status: string, markedAt: number): void {
+    const m = this.opts.metrics;
+    if (!m || status === "skipped") return;
+    const mode = this.opts.applier.mode;
+    m.inc("egresstrator_decisions_total", "Reconcile decisions by result", { mode, result: status });
+    if (status === "applied" || status === "denied") {
+      m.inc("egresstrator_applies_total", "Rule sets written into a namespace", { mode });
+      const secs = Math.max(0, Date.now() - markedAt) / 1000;
+      m.observe(
+        "egresstrator_time_to_enforce_seconds",
+        "From start event or change to rules in place",
+        secs,
+        ENFORCE_BUCKETS,
+        { mode },
+      );
+    }
+    if (status === "failed") {
+      m.inc("egresstrator_apply_failures_total", "Failed decisions (retried)", { mode });
     }
   }
 
@@ -202,7 +289,7 @@ export class Reconciler {
       attempts,
     });
     log.error("apply failed", { container: info.name, id: id.slice(0, 12), attempt: attempts, error });
-    this.opts.onDecision?.(id, "failed", 0);
+    this.record("failed", Date.now());
     this.retryLater(id, attempts);
   }
 }

@@ -16,8 +16,14 @@ export interface RuleData {
   at: number;
 }
 
+/** Anything that hands out current rule data (the cache for one-shot commands, live watches in the daemon). */
+export interface RuleProvider {
+  get(signal?: AbortSignal): Promise<RuleData>;
+  invalidate(): void;
+}
+
 /** Reads and caches {@link RuleData}. */
-export class RuleCache {
+export class RuleCache implements RuleProvider {
   private current?: RuleData;
   private inflight?: Promise<RuleData>;
   constructor(

@@ -12,8 +12,11 @@ export interface ApplyTarget {
 /** Puts a whole filter table (both families) into a namespace, atomically per family. */
 export interface Applier {
   readonly mode: ApplyMode;
-  /** Both families are checked (`--test`) before either is written, so a bad text changes nothing. */
-  apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void>;
+  /**
+   * Both families are checked (`--test`) before either is written, so a bad text changes nothing.
+   * Resolves with the tables as read back right after (the baseline for drift checks).
+   */
+  apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules>;
   /** Read the filter tables back (`iptables-save -t filter`), for drift checks. */
   read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules>;
 }
@@ -73,6 +76,7 @@ export function applyScript(chunks4: number, chunks6: number): string {
     `${v6} | ip6tables-restore --test || { echo "egresstrator: ipv6 rules rejected by ip6tables-restore" >&2; exit 3; }`,
     `${v4} | iptables-restore || exit 4`,
     `${v6} | ip6tables-restore || exit 4`,
+    READ_SCRIPT,
   ].join("\n");
 }
 
@@ -97,6 +101,12 @@ export function applyPayload(rules: RenderedRules): { env: Record<string, string
 /** Script that prints both filter tables, separated by a marker line. */
 export const READ_SCRIPT =
   "iptables-save -t filter && echo '#--egresstrator-ipv6--' && ip6tables-save -t filter";
+
+/** Saved tables without comments, counters or blank lines: equal text means equal rules. */
+export function normalizeSaved(text: string): string {
+  return text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"))
+    .map((l) => l.replace(/\s*\[\d+:\d+\]$/, "")).join("\n");
+}
 
 /** Split {@link READ_SCRIPT}'s output. */
 export function splitRead(stdout: string): RenderedRules {

@@ -110,7 +110,7 @@ export class HelperApplier implements Applier {
     );
   }
 
-  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
+  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules> {
     const { env, script } = applyPayload(rules);
     const res = await this.runHelper(target, script, env, signal).catch((err) => {
       signal.throwIfAborted();
@@ -120,6 +120,7 @@ export class HelperApplier implements Applier {
       const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;
       throw new ApplyError(`apply to ${target.name} (${target.id.slice(0, 12)}) via helper: ${msg}`);
     }
+    return splitRead(res.stdout);
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {

@@ -38,7 +38,7 @@ export class NsenterApplier implements Applier {
     return res;
   }
 
-  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
+  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules> {
     const { env, script } = applyPayload(rules);
     const res = await this.sh(target, script, env, signal);
     if (res.code !== 0) {
@@ -47,6 +47,7 @@ export class NsenterApplier implements Applier {
         `apply to ${target.name} (${target.id.slice(0, 12)}) via nsenter: ${msg}${hint(msg)}`,
       );
     }
+    return splitRead(res.stdout);
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {

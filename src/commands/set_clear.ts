@@ -12,6 +12,7 @@ import { containerIntent } from "../intent.ts";
 import { CLEAR_TEXT } from "../render.ts";
 import { parseAclList } from "../plan.ts";
 import { createLogger } from "../log.ts";
+import { pool } from "../reconcile.ts";
 import type { Out } from "./io.ts";
 
 /** Options of `set` and `clear`. */
@@ -44,13 +45,6 @@ export async function targets(
     list.map((c) => docker.inspectContainer(c.id, signal).catch(() => undefined)),
   );
   return infos.filter((i): i is ContainerInfo => !!i && containerIntent(i.env, config.policy).enabled);
-}
-
-async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const queue = [...items];
-  await Promise.all(Array.from({ length: Math.min(n, queue.length) }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
-  }));
 }
 
 /** Run `set`; returns the exit code. */

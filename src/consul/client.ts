@@ -65,6 +65,8 @@ export interface CatalogServiceEntry {
 const DEFAULT_TIMEOUT_MS = 10_000;
 const BLOCKING_GRACE_MS = 5_000;
 const TLS_REASON = /certificate|tls|ssl|handshake|alert|corrupt message/i;
+/** With TLS 1.3 a server rejecting the client certificate often shows up as a dropped connection instead. */
+const TLS_DROP = /connection closed|broken pipe|connection reset/i;
 
 /**
  * Turn an address as typed into a base URL. No scheme means http (https with ssl) and, without a port,
@@ -150,6 +152,10 @@ function fetchReason(err: unknown): string {
 function tlsHint(reason: string): string {
   if (/BadCertificate|CertificateRequired|UnknownCA|AccessDenied/i.test(reason)) {
     return "consul rejected the client: check the client certificate and key (verify_incoming)";
+  }
+  if (TLS_DROP.test(reason)) {
+    return "consul closed the connection, as it does without a valid client certificate: " +
+      "check the client certificate and key (verify_incoming)";
   }
   if (/corrupt message|InvalidContentType/i.test(reason)) {
     return "consul does not seem to serve https on this port: check the address scheme and --ssl";
@@ -361,19 +367,15 @@ export class ConsulClient {
       });
     }
     const reason = this.#scrub(fetchReason(err));
-    if (TLS_REASON.test(reason)) {
-      return new ConsulError(
-        `TLS handshake with consul at ${at} failed: ${reason}; ${tlsHint(reason)} (GET ${path})`,
-        {
-          cause: err,
-        },
-      );
+    if (TLS_REASON.test(reason) || (this.baseUrl.protocol === "https:" && TLS_DROP.test(reason))) {
+      const msg = `TLS handshake with consul at ${at} failed: ${reason}; ${tlsHint(reason)} (GET ${path})`;
+      return new ConsulError(msg, { cause: err });
     }
     return new ConsulError(`consul at ${at} is unreachable: ${reason} (GET ${path})`, { cause: err });
   }
 
   #answered(status: number, text: string, req: Req): ConsulError {
-    const body = this.#scrub(text.trim()).slice(0, 200);
+    const body = this.#scrub(text.trim()).slice(0, 200) || "(empty body)";
     if (status === 403) {
       return new ConsulError(
         `consul denied access to ${req.what} (403): check the token (--consul-token / CONSUL_HTTP_TOKEN) ` +

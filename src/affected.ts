@@ -1,0 +1,43 @@
+/** Which enforced containers a rule change can touch, and which services they need (pure). */
+import type { RuleChange } from "./live.ts";
+import type { AclSnapshot } from "./rules/acl_source.ts";
+import { serviceKey } from "./services.ts";
+import type { Policy } from "./config.ts";
+
+/** What the decision needs to know of a container. */
+export interface Enforced {
+  id: string;
+  acls: string[];
+  policy: Policy;
+  /** Holding deny-all or failing: any change may be the one that fixes it. */
+  unsettled: boolean;
+}
+
+/** Keys whose destinations end up in a container's rules under its policy. */
+function usesKey(c: Enforced, key: string): boolean {
+  return c.policy === "protect" ? !c.acls.includes(key) : c.acls.includes(key);
+}
+
+/** Containers whose rendered text may differ after `change`. */
+export function affectedBy(change: RuleChange, containers: Iterable<Enforced>): string[] {
+  const out: string[] = [];
+  for (const c of containers) {
+    const hit = c.unsettled ||
+      [...change.changed].some((k) => usesKey(c, k)) ||
+      // A key that comes or goes also changes the comments (allowed/missing) of a container listing it.
+      [...change.addedOrRemoved].some((k) => usesKey(c, k) || c.acls.includes(k));
+    if (hit) out.push(c.id);
+  }
+  return out;
+}
+
+/** Services named by keys that some enforced container uses: the service watches worth keeping. */
+export function neededServices(snapshot: AclSnapshot, containers: Iterable<Enforced>): Set<string> {
+  const list = [...containers];
+  const out = new Set<string>();
+  for (const e of snapshot.entries) {
+    if (!list.some((c) => c.unsettled || usesKey(c, e.key))) continue;
+    for (const r of e.rules) if (r.kind === "service") out.add(serviceKey(r));
+  }
+  return out;
+}

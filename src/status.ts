@@ -1,0 +1,86 @@
+/** The daemon's status server: /healthz, /status (JSON) and /metrics (Prometheus), on a unix socket or TCP. */
+import { dirname } from "node:path";
+import type { Logger } from "./log.ts";
+import { describeError } from "./errors.ts";
+
+/** The JSON `/status` serves (and `egresstrator status` prints). */
+export interface StatusReport {
+  version: string;
+  mode: string;
+  policy: string;
+  source: string;
+  watches: number;
+  docker: { connected: boolean };
+  consul: { errors: number };
+  containers: {
+    id: string;
+    name: string;
+    acls: string[];
+    policy: string;
+    ruleCount: number;
+    hash?: string;
+    lastApplied?: string;
+    lastError?: string;
+    denied: boolean;
+  }[];
+}
+
+/** Where the server gets its answers. */
+export interface StatusSource {
+  report(): StatusReport;
+  metrics(): string;
+}
+
+/** Serve until `signal` aborts. Returns once listening; a failure to listen is logged, not fatal. */
+export async function serveStatus(listen: string, src: StatusSource, log: Logger, signal: AbortSignal) {
+  const handler = (req: Request): Response => {
+    const path = new URL(req.url).pathname;
+    if (req.method !== "GET") return new Response("method not allowed\n", { status: 405 });
+    if (path === "/healthz") return Response.json({ status: "ok", docker: src.report().docker });
+    if (path === "/status") return Response.json(src.report());
+    if (path === "/metrics") {
+      return new Response(src.metrics(), { headers: { "content-type": "text/plain; version=0.0.4" } });
+    }
+    return new Response("not found: try /healthz, /status or /metrics\n", { status: 404 });
+  };
+  try {
+    let server: Deno.HttpServer;
+    if (listen.startsWith("unix://")) {
+      const path = listen.slice("unix://".length);
+      await Deno.mkdir(dirname(path), { recursive: true });
+      await Deno.remove(path).catch(() => {});
+      server = Deno.serve({ path, signal, onListen: () => {} }, handler);
+    } else {
+      const hostPort = listen.slice("tcp://".length);
+      const i = hostPort.lastIndexOf(":");
+      const hostname = hostPort.slice(0, i).replace(/^\[|\]$/g, "");
+      server = Deno.serve(
+        { hostname, port: Number(hostPort.slice(i + 1)), signal, onListen: () => {} },
+        handler,
+      );
+    }
+    log.info("status server listening", { listen });
+    return server;
+  } catch (err) {
+    log.error("status server could not listen; continuing without it", { listen, error: describeError(err) });
+    return undefined;
+  }
+}
+
+/** Fetch a path from a running daemon's status server. */
+export async function fetchStatus(listen: string, path: string, timeoutMs = 5000): Promise<Response> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  if (listen.startsWith("unix://")) {
+    const client = Deno.createHttpClient({
+      proxy: { transport: "unix", path: listen.slice("unix://".length) },
+    });
+    try {
+      const res = await fetch(`http://egresstrator${path}`, { client, signal });
+      const body = await res.arrayBuffer();
+      return new Response(body, { status: res.status, headers: res.headers });
+    } finally {
+      client.close();
+    }
+  }
+  return await fetch(`http://${listen.slice("tcp://".length)}${path}`, { signal });
+}
