@@ -1,12 +1,26 @@
 /**
  * egresstrator: puts egress firewall rules in Docker containers' network namespaces, from ACLs in Consul.
  * The only place that reads Deno.args, prints errors and calls Deno.exit.
+ *
+ * Run as `egresstrator runtime <runc args>` (or installed under the name `egresstrator-runtime`) it is the
+ * OCI runtime gate; that path loads none of the CLI, so passing calls on to runc stays cheap.
  */
-import { runCli } from "./src/cli.ts";
 import { AppError, describeError } from "./src/errors.ts";
 import { processOut } from "./src/commands/io.ts";
 
-async function main(): Promise<number> {
+function isRuntime(): boolean {
+  const exe = Deno.execPath().split("/").pop() ?? "";
+  return Deno.args[0] === "runtime" || exe === "egresstrator-runtime";
+}
+
+async function gate(): Promise<number> {
+  const { runGate } = await import("./src/gate/runtime.ts");
+  const argv = Deno.args[0] === "runtime" ? Deno.args.slice(1) : Deno.args;
+  return await runGate(argv, Deno.env.toObject());
+}
+
+async function cli(): Promise<number> {
+  const { runCli } = await import("./src/cli.ts");
   const shutdown = new AbortController();
   const stop = () => shutdown.abort(new Error("interrupted"));
   for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, stop);
@@ -26,4 +40,4 @@ async function main(): Promise<number> {
   }
 }
 
-Deno.exit(await main());
+Deno.exit(await (isRuntime() ? gate() : cli()));

@@ -6,7 +6,9 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { DockerClient } from "./docker/client.ts";
-import { Reconciler } from "./reconcile.ts";
+import { type GateApplied, Reconciler } from "./reconcile.ts";
+import { buildRules } from "./enforce.ts";
+import { containerIntent } from "./intent.ts";
 import { openRuleContext } from "./app.ts";
 import { LiveRules } from "./live.ts";
 import { Metrics } from "./metrics.ts";
@@ -98,6 +100,8 @@ export async function startDaemon(
   });
   const state = { dockerConnected: false };
   const source = statusSource({ config, ctx, reconciler, rules, metrics, applier, state });
+  source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
+  source.gateApplied = (body) => gateApplied(reconciler, body);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
   rules.start();
   const resync = config.resyncIntervalMs > 0
@@ -224,4 +228,39 @@ async function followEvents({ docker, reconciler, log, signal, state }: FollowDe
       backoff = Math.min(backoff * 2, 15_000);
     }
   }
+}
+
+function isStrings(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((x) => typeof x === "string");
+}
+
+/** `/v1/gate/render`: a container's rules from the warm caches, for the runtime gate. */
+async function gateRender(deps: Parameters<typeof buildRules>[0], body: unknown, signal: AbortSignal) {
+  const b = body as { id?: unknown; env?: unknown };
+  if (typeof b.id !== "string" || !/^[0-9a-f]{12,64}$/.test(b.id) || !isStrings(b.env)) {
+    return Response.json({ error: "body must be {id: <container id>, env: [KEY=value...]}" }, {
+      status: 400,
+    });
+  }
+  const intent = containerIntent(b.env, deps.config.policy);
+  if (!intent.enabled) return Response.json({ error: "container does not opt in" }, { status: 400 });
+  try {
+    const want = { id: b.id, name: b.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+    const built = await buildRules(deps, want, AbortSignal.any([signal, AbortSignal.timeout(5000)]));
+    const { rendered, ...rest } = built;
+    return Response.json({ ...rest, ipv4: rendered.ipv4, ipv6: rendered.ipv6 });
+  } catch (err) {
+    return Response.json({ error: describeError(err) }, { status: 503 });
+  }
+}
+
+/** `/v1/gate/applied`: the gate applied rules before start; adopt them so the start event applies nothing. */
+function gateApplied(reconciler: Reconciler, body: unknown): Response {
+  const b = body as Partial<GateApplied>;
+  const ok = typeof b.id === "string" && typeof b.hash === "string" && isStrings(b.acls) &&
+    (b.policy === "protect" || b.policy === "allowlist") && typeof b.ruleCount === "number" &&
+    typeof b.denied === "boolean";
+  if (!ok) return Response.json({ error: "bad gate report" }, { status: 400 });
+  reconciler.adopt(b as GateApplied);
+  return new Response(null, { status: 204 });
 }

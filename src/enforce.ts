@@ -78,12 +78,61 @@ export function savedHash(saved: RenderedRules): Promise<string> {
   return rulesHash({ ipv4: normalizeSaved(saved.ipv4), ipv6: normalizeSaved(saved.ipv6) });
 }
 
-async function applyIfChanged(deps: EnforceDeps, req: EnforceRequest, rendered: RenderedRules) {
-  const hash = await rulesHash(rendered);
+async function applyIfChanged(
+  deps: EnforceDeps,
+  req: EnforceRequest,
+  rendered: RenderedRules,
+  known?: string,
+) {
+  const hash = known ?? await rulesHash(rendered);
   if (hash === req.previousHash) return { hash, applied: false, saved: undefined };
   const target = { id: req.info.id, name: req.info.name, pid: req.info.pid };
   const saved = await savedHash(await deps.applier.apply(target, rendered, req.signal));
   return { hash, applied: true, saved };
+}
+
+/** Rendered rules for one container, and what went into them. */
+export interface BuiltRules {
+  acls: string[];
+  policy: Policy;
+  rendered: RenderedRules;
+  hash: string;
+  ruleCount: number;
+  /** This container's own problems (missing ACL keys). */
+  notes: string[];
+}
+
+/** What a container asks for, as far as building its rules goes. */
+export interface RulesWant {
+  id: string;
+  name: string;
+  acls: string[];
+  policy: Policy;
+}
+
+/**
+ * Plan and render one container's rules. Throws when they cannot be complete (no ACL data, a service
+ * lookup failed): a partial protect set would open what it should close.
+ */
+export async function buildRules(
+  deps: Pick<EnforceDeps, "rules" | "renderer" | "config">,
+  want: RulesWant,
+  signal: AbortSignal,
+): Promise<BuiltRules> {
+  const data = await deps.rules.get(signal);
+  const plan = buildPlan({
+    ...data,
+    acls: want.acls,
+    policy: want.policy,
+    dnsResolvers: deps.config.dnsResolvers,
+    container: { id: want.id, name: want.name },
+  });
+  // Key problems are reported once per snapshot by the rule provider; only this container's own go here.
+  const notes = plan.missing.map((m) => `ACL key "${m}" not found`);
+  if (plan.unresolved.length > 0) throw new Error(`service lookup failed for ${plan.unresolved.join(", ")}`);
+  const rendered = deps.renderer().renderAll(plan);
+  const hash = await rulesHash(rendered);
+  return { acls: want.acls, policy: want.policy, rendered, hash, ruleCount: countRules(rendered), notes };
 }
 
 /** Decide and apply for one container. Throws EnforceFailure; never anything else except on abort. */
@@ -93,61 +142,47 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
   const notes = [...intent.problems];
   if (!info.running) return { status: "skipped", reason: "not running", notes };
   if (!req.aclsOverride && !intent.enabled) return { status: "skipped", reason: "not opted in", notes };
-  const acls = req.aclsOverride ?? intent.acls;
-  let plan: RulePlan;
-  let buildError: unknown;
+  const want = { id: info.id, name: info.name, acls: req.aclsOverride ?? intent.acls, policy: intent.policy };
+  let built: BuiltRules;
   try {
-    const data = await deps.rules.get(req.signal);
-    plan = buildPlan({
-      ...data,
-      acls,
-      policy: intent.policy,
-      dnsResolvers: deps.config.dnsResolvers,
-      container: info,
-    });
-    // Key problems are reported once per snapshot by the RuleCache; only this container's own go here.
-    notes.push(...plan.missing.map((m) => `ACL key "${m}" not found`));
-    if (plan.unresolved.length > 0) {
-      buildError = new Error(`service lookup failed for ${plan.unresolved.join(", ")}`);
-    }
+    built = await buildRules(deps, want, req.signal);
+    notes.push(...built.notes);
   } catch (err) {
     req.signal.throwIfAborted();
-    buildError = err;
-  }
-  if (buildError !== undefined) {
-    const why = describeError(buildError);
+    const why = describeError(err);
     // Keep what is in place; with nothing in place, --on-error deny shuts egress until it works.
     if (req.previousHash || deps.config.onError !== "deny") {
       throw new EnforceFailure(`rules for ${info.name} could not be built: ${why}`, notes, {
-        cause: buildError,
+        cause: err,
         transient: true,
       });
     }
     const rendered = deps.renderer().renderAll(denyPlan(deps.config, info));
-    const { hash } = await applyIfChanged(deps, req, rendered).catch((err) => {
-      throw new EnforceFailure(describeError(err), notes, { cause: err, transient: true });
+    const { hash, saved } = await applyIfChanged(deps, req, rendered).catch((e) => {
+      throw new EnforceFailure(describeError(e), notes, { cause: e, transient: true });
     });
+    const ruleCount = countRules(rendered);
     return {
       status: "denied",
-      acls,
+      acls: want.acls,
       policy: "allowlist",
       hash,
-      ruleCount: countRules(rendered),
+      savedHash: saved,
+      ruleCount,
       notes,
       error: why,
     };
   }
   try {
-    const rendered = deps.renderer().renderAll(plan!);
-    const { hash, applied, saved } = await applyIfChanged(deps, req, rendered);
+    const { hash, applied, saved } = await applyIfChanged(deps, req, built.rendered, built.hash);
     const status = applied ? "applied" : "unchanged";
     return {
       status,
-      acls,
-      policy: intent.policy,
+      acls: want.acls,
+      policy: want.policy,
       hash,
       savedHash: saved,
-      ruleCount: countRules(rendered),
+      ruleCount: built.ruleCount,
       notes,
     };
   } catch (err) {

@@ -39,6 +39,17 @@ export interface ContainerState {
   attempts: number;
 }
 
+/** What the runtime gate reports after applying rules before a container's start. */
+export interface GateApplied {
+  id: string;
+  hash: string;
+  savedHash?: string;
+  acls: string[];
+  policy: Policy;
+  ruleCount: number;
+  denied: boolean;
+}
+
 /** The Docker calls the loop makes. */
 export interface ReconcileDocker {
   inspectContainer(id: string, signal?: AbortSignal): Promise<ContainerInfo>;
@@ -78,6 +89,37 @@ export class Reconciler {
     if (!this.markedAt.has(id) || this.markedAt.get(id)! > at) this.markedAt.set(id, at);
     this.dirty.add(id);
     this.kick();
+  }
+
+  /**
+   * Take over a container the runtime gate already enforced: its start event then finds the same hash
+   * and applies nothing. A gate deny-all is adopted as "denied", so the real rules follow.
+   */
+  adopt(g: GateApplied): void {
+    if (this.closed) return;
+    const prev = this.states.get(g.id);
+    if (prev && !prev.denied && prev.lastError === undefined && prev.hash === g.hash) return;
+    this.states.set(g.id, {
+      id: g.id,
+      name: prev?.name ?? g.id.slice(0, 12),
+      acls: g.acls,
+      policy: g.policy,
+      hash: g.hash,
+      savedHash: g.savedHash,
+      ruleCount: g.ruleCount,
+      mode: "gate",
+      lastApplied: new Date().toISOString(),
+      denied: g.denied,
+      attempts: 0,
+    });
+    this.opts.metrics?.inc(
+      "egresstrator_gate_applies_total",
+      "Rule sets the runtime gate applied before start",
+      {
+        denied: String(g.denied),
+      },
+    );
+    if (g.denied) this.mark(g.id);
   }
 
   /** Mark the containers a rule change can touch; returns how many. */

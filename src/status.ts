@@ -29,12 +29,22 @@ export interface StatusReport {
 export interface StatusSource {
   report(): StatusReport;
   metrics(): string;
+  /** The runtime gate asks for a container's rules: body {id, env}; answers {ipv4, ipv6, hash, ...}. */
+  gateRender?(body: unknown): Promise<Response>;
+  /** The runtime gate reports what it applied: body GateApplied. */
+  gateApplied?(body: unknown): Response;
 }
 
 /** Serve until `signal` aborts. Returns once listening; a failure to listen is logged, not fatal. */
 export async function serveStatus(listen: string, src: StatusSource, log: Logger, signal: AbortSignal) {
-  const handler = (req: Request): Response => {
+  const handler = async (req: Request): Promise<Response> => {
     const path = new URL(req.url).pathname;
+    if (req.method === "POST" && (path === "/v1/gate/render" || path === "/v1/gate/applied")) {
+      const body = await req.json().catch(() => undefined);
+      if (body === undefined) return new Response("bad JSON\n", { status: 400 });
+      if (path === "/v1/gate/render" && src.gateRender) return await src.gateRender(body);
+      if (path === "/v1/gate/applied" && src.gateApplied) return src.gateApplied(body);
+    }
     if (req.method !== "GET") return new Response("method not allowed\n", { status: 405 });
     if (path === "/healthz") return Response.json({ status: "ok", docker: src.report().docker });
     if (path === "/status") return Response.json(src.report());
@@ -50,6 +60,8 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
       await Deno.mkdir(dirname(path), { recursive: true });
       await Deno.remove(path).catch(() => {});
       server = Deno.serve({ path, signal, onListen: () => {} }, handler);
+      // The gate endpoints answer with rules and take reports: root only.
+      await Deno.chmod(path, 0o600).catch(() => {});
     } else {
       const hostPort = listen.slice("tcp://".length);
       const i = hostPort.lastIndexOf(":");
@@ -67,20 +79,28 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
   }
 }
 
-/** Fetch a path from a running daemon's status server. */
-export async function fetchStatus(listen: string, path: string, timeoutMs = 5000): Promise<Response> {
+/** Fetch a path from a running daemon's status server (POST with a JSON body when `body` is given). */
+export async function fetchStatus(
+  listen: string,
+  path: string,
+  timeoutMs = 5000,
+  body?: unknown,
+): Promise<Response> {
   const signal = AbortSignal.timeout(timeoutMs);
+  const init: RequestInit = body === undefined
+    ? { signal }
+    : { signal, method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json" } };
   if (listen.startsWith("unix://")) {
     const client = Deno.createHttpClient({
       proxy: { transport: "unix", path: listen.slice("unix://".length) },
     });
     try {
-      const res = await fetch(`http://egresstrator${path}`, { client, signal });
-      const body = await res.arrayBuffer();
-      return new Response(body, { status: res.status, headers: res.headers });
+      const res = await fetch(`http://egresstrator${path}`, { ...init, client });
+      const data = await res.arrayBuffer();
+      return new Response(data, { status: res.status, headers: res.headers });
     } finally {
       client.close();
     }
   }
-  return await fetch(`http://${listen.slice("tcp://".length)}${path}`, { signal });
+  return await fetch(`http://${listen.slice("tcp://".length)}${path}`, init);
 }

@@ -1,0 +1,158 @@
+/**
+ * The gate's opted-in path: get the container's rules (the daemon's warm cache first, then Consul
+ * directly), or fail closed (deny-all) or refuse the start, as configured; apply them with nsenter into
+ * the created namespace; tell the daemon so it does not apply them again.
+ */
+import { buildConfig, type Config, parseDuration } from "../config.ts";
+import { rawFromEnv } from "../options_table.ts";
+import { containerIntent } from "../intent.ts";
+import { fetchStatus } from "../status.ts";
+import { openRuleContext } from "../app.ts";
+import { RuleCache } from "../rule_cache.ts";
+import { buildRules, denyPlan, savedHash } from "../enforce.ts";
+import { loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render.ts";
+import { NsenterApplier } from "../apply/nsenter.ts";
+import { denoRunner } from "../apply/applier.ts";
+import { describeError } from "../errors.ts";
+import { VERSION } from "../version.ts";
+import type { ContainerInfo } from "../docker/types.ts";
+
+/** What runtime.ts knows when it calls in. */
+export interface GateStartInput {
+  id: string;
+  pid: number;
+  containerEnv: string[];
+  env: Record<string, string | undefined>;
+}
+
+interface Rules {
+  rendered: RenderedRules;
+  hash: string;
+  acls: string[];
+  policy: "protect" | "allowlist";
+  ruleCount: number;
+}
+
+async function fromDaemon(
+  config: Config,
+  id: string,
+  containerEnv: string[],
+  timeoutMs: number,
+): Promise<Rules> {
+  if (!config.listen) throw new Error("no daemon address (--listen none)");
+  const res = await fetchStatus(config.listen, "/v1/gate/render", timeoutMs, { id, env: containerEnv });
+  const body = await res.json() as Rules & { ipv4: string; ipv6: string; error?: string };
+  if (!res.ok) throw new Error(`daemon: ${body.error ?? res.status}`);
+  return { ...body, rendered: { ipv4: body.ipv4, ipv6: body.ipv6 } };
+}
+
+async function fromConsul(config: Config, inp: GateStartInput, timeoutMs: number): Promise<Rules> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  const ctx = await openRuleContext(config, signal);
+  try {
+    const intent = containerIntent(inp.containerEnv, config.policy);
+    const deps = { rules: new RuleCache(ctx.source, ctx.consul), renderer: () => ctx.renderer, config };
+    const want = { id: inp.id, name: inp.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+    const built = await buildRules(deps, want, signal);
+    return built;
+  } finally {
+    ctx.close();
+  }
+}
+
+async function denyRules(config: Config, id: string): Promise<Rules> {
+  // Built-in templates only: the fail-closed set must not depend on a custom template working.
+  const renderer = new Renderer(await loadTemplates(), VERSION);
+  const rendered = renderer.renderAll(denyPlan(config, { id, name: id.slice(0, 12) } as ContainerInfo));
+  const ruleCount = (rendered.ipv4 + rendered.ipv6).split("\n").filter((l) => l.startsWith("-A ")).length;
+  return { rendered, hash: await rulesHash(rendered), acls: [], policy: "allowlist", ruleCount };
+}
+
+function gateLog(env: GateStartInput["env"], fields: Record<string, unknown>): void {
+  const path = env.EGRESSTRATOR_GATE_LOG;
+  const line = JSON.stringify({ time: new Date().toISOString(), ...fields }) + "\n";
+  if (path) Deno.writeTextFileSync(path, line, { append: true });
+  if (fields.error) Deno.stderr.writeSync(new TextEncoder().encode(`egresstrator gate: ${line}`));
+}
+
+/** Put rules in place before start. Returns false when the start must be refused. */
+export async function gateStart(inp: GateStartInput): Promise<boolean> {
+  const t0 = performance.now();
+  let config: Config;
+  try {
+    config = buildConfig(rawFromEnv(inp.env));
+  } catch (err) {
+    gateLog(inp.env, { id: inp.id, decision: "refused", error: `bad configuration: ${describeError(err)}` });
+    return false;
+  }
+  const refuse = inp.env.EGRESSTRATOR_GATE_ON_FAILURE === "refuse";
+  const timeoutMs = parseDuration("EGRESSTRATOR_GATE_TIMEOUT", inp.env.EGRESSTRATOR_GATE_TIMEOUT || "3s");
+  const errors: string[] = [];
+  let rules: Rules | undefined;
+  let source = "daemon";
+  for (
+    const [name, get] of [
+      ["daemon", () => fromDaemon(config, inp.id, inp.containerEnv, Math.min(timeoutMs, 2000))],
+      ["consul", () => fromConsul(config, inp, timeoutMs)],
+    ] as const
+  ) {
+    try {
+      rules = await get();
+      source = name;
+      break;
+    } catch (err) {
+      errors.push(`${name}: ${describeError(err)}`);
+    }
+  }
+  const denied = !rules;
+  if (!rules) {
+    if (refuse) {
+      gateLog(inp.env, {
+        id: inp.id,
+        decision: "refused",
+        error: `no rules could be had (${errors.join("; ")})`,
+      });
+      return false;
+    }
+    rules = await denyRules(config, inp.id);
+    source = "deny";
+  }
+  let saved: string | undefined;
+  try {
+    const target = { id: inp.id, name: inp.id.slice(0, 12), pid: inp.pid };
+    saved = await savedHash(
+      await new NsenterApplier(denoRunner).apply(target, rules.rendered, AbortSignal.timeout(15_000)),
+    );
+  } catch (err) {
+    gateLog(inp.env, {
+      id: inp.id,
+      decision: "refused",
+      error: `rules could not be applied: ${describeError(err)}`,
+    });
+    return false;
+  }
+  if (config.listen) {
+    const report = {
+      id: inp.id,
+      hash: rules.hash,
+      savedHash: saved,
+      acls: rules.acls,
+      policy: rules.policy,
+      ruleCount: rules.ruleCount,
+      denied,
+    };
+    await fetchStatus(config.listen, "/v1/gate/applied", 1000, report).then((r) => r.body?.cancel()).catch(
+      () => {},
+    );
+  }
+  const ms = Math.round(performance.now() - t0);
+  gateLog(inp.env, {
+    id: inp.id,
+    decision: denied ? "denied" : "applied",
+    source,
+    rules: rules.ruleCount,
+    ms,
+    ...(denied ? { error: errors.join("; ") } : {}),
+  });
+  return true;
+}
