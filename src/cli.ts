@@ -11,6 +11,7 @@ import { createLogger } from "./log.ts";
 import { startDaemon } from "./daemon.ts";
 import { clearCommand, setCommand } from "./commands/set_clear.ts";
 import { statusCommand } from "./commands/status.ts";
+import { runtimeConfigCommand } from "./commands/runtime_config.ts";
 import type { Out } from "./commands/io.ts";
 import { renderCommand } from "./commands/render.ts";
 import { validateCommand } from "./commands/validate.ts";
@@ -85,6 +86,22 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
   sub("status", "show what a running daemon enforces (from its --listen socket)")
     .option("--json", "print the daemon's /status JSON")
     .action(async (opts, cmd) => done(await statusCommand(await configFrom(cmd, io), opts, io)));
+
+  sub("runtime-config", "register the runtime gate in dockerd's daemon.json (or remove it)")
+    .option("--daemon-json <file>", "dockerd's config file", "/etc/docker/daemon.json")
+    .option("--binary <path>", "absolute path of the egresstrator binary", "/usr/local/bin/egresstrator")
+    .option("--default", "make it dockerd's default-runtime (every container goes through the gate)")
+    .option("--remove", "remove the runtime (and default-runtime when it is ours)")
+    .action(async (opts) =>
+      done(
+        await runtimeConfigCommand({
+          daemonJson: opts.daemonJson,
+          binary: opts.binary,
+          makeDefault: opts.default,
+          remove: opts.remove,
+        }, io),
+      )
+    );
 
   sub("set", "Set egress rules on specified container")
     .argument("[container]", "container id, id prefix or name")
