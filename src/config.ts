@@ -113,11 +113,11 @@ function oneOf<T extends string>(name: string, value: string | undefined, allowe
 export function parseDuration(name: string, value: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value.trim());
   if (!m) throw new ConfigError(`${name} must be a duration like 10s, 500ms or 2m, not "${value}"`);
-  const n = Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000 }[m[2] ?? "s"] ?? 1000);
-  if (n <= 0 || n > 24 * 3600_000) {
+  const n = Math.round(Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000 }[m[2] ?? "s"] ?? 1000));
+  if (n < 1 || n > 24 * 3600_000) {
     throw new ConfigError(`${name} must be between 1ms and 24h, not "${value}"`);
   }
-  return Math.round(n);
+  return n;
 }
 
 /** Accept "1", "true", "yes", "on" (and their opposites) from env, booleans from flags. */

@@ -4,7 +4,7 @@
  */
 import type { Config, Policy } from "./config.ts";
 import type { Family, PortRange, Proto, Rule, RuleProblem } from "./rules/grammar.ts";
-import { formatRule } from "./rules/grammar.ts";
+import { displayText, formatRule } from "./rules/grammar.ts";
 import type { AclSnapshot } from "./rules/acl_source.ts";
 import { serviceKey, type ServiceLookup } from "./services.ts";
 import { formatAddress, parseAddress } from "./rules/ip.ts";
@@ -68,14 +68,20 @@ export function parseAclList(value: string | undefined): string[] {
   return [...new Set(value.split(",").map((s) => s.trim()).filter(Boolean))];
 }
 
+/** Catalog names are Consul's, not ours: keep only what is safe in a comment or a log line. */
+function safeName(text: string): string {
+  return text.replace(/[^A-Za-z0-9_.:-]/g, "?").slice(0, 64);
+}
+
 function instanceDestination(rule: Rule, inst: { node: string; address: string; port: number }) {
   const name = formatRule(rule);
+  const node = safeName(inst.node);
   const addr = parseAddress(inst.address);
   if (!addr) {
-    return `${name}: instance on node ${inst.node} has address "${inst.address}", not an IP; skipped`;
+    return `${name}: instance on node ${node} has address "${displayText(inst.address)}", not an IP; skipped`;
   }
   if (!Number.isInteger(inst.port) || inst.port < 1 || inst.port > 65535) {
-    return `${name}: instance on node ${inst.node} has no port (${inst.port}); skipped`;
+    return `${name}: instance on node ${node} has no port (${Number(inst.port)}); skipped`;
   }
   const address = formatAddress(addr.family, addr.bytes);
   const prefix = addr.family === "ipv4" ? 32 : 128;
@@ -84,7 +90,7 @@ function instanceDestination(rule: Rule, inst: { node: string; address: string; 
     cidr: `${address}/${prefix}`,
     proto: "tcp",
     ports: { from: inst.port, to: inst.port },
-    origin: `${name} (${inst.node} ${address} port ${inst.port})`,
+    origin: `${name} (${node} ${address} port ${inst.port})`,
   };
   return d;
 }
@@ -169,7 +175,13 @@ export function buildPlan(input: PlanInput): RulePlan {
   }
   const missing = input.acls.filter((a) => !present.has(a));
   for (const m of missing) {
-    problems.push({ key: m, line: 0, text: "", reason: "ACL key not found", severity: "warning" });
+    problems.push({
+      key: displayText(m),
+      line: 0,
+      text: "",
+      reason: "ACL key not found",
+      severity: "warning",
+    });
   }
   return {
     policy: input.policy,

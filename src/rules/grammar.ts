@@ -94,8 +94,11 @@ function splitNetwork(text: string): { addr: string; prefix?: string; v6: boolea
 }
 
 function parseCidrRule(line: string): LineResult {
-  // The protocol part is after the LAST colon; IPv6 colons sit inside brackets.
-  const sep = line.lastIndexOf(":");
+  // The protocol part follows the first colon after the brackets (IPv6 colons sit inside them).
+  const close = line.startsWith("[") ? line.indexOf("]") : -1;
+  if (line.startsWith("[") && close < 0) return { ok: false, reason: "IPv6 address has no closing ]" };
+  const sep = close >= 0 ? line.indexOf(":", close) : line.lastIndexOf(":");
+  if (sep < 0) return { ok: false, reason: "missing :<tcp|udp>/<port> after the address" };
   const net = splitNetwork(line.slice(0, sep));
   if (typeof net === "string") return { ok: false, reason: net };
   const bytes = net.v6 ? parseIPv6(net.addr) : parseIPv4(net.addr);
@@ -160,11 +163,13 @@ export function parseRuleLine(raw: string): LineResult {
   const line = cleanLine(raw);
   if (line === "") return { ok: true, rule: null };
   if (/\s/.test(line)) return { ok: false, reason: "a rule has no spaces inside it (one rule per line)" };
-  if (/^[[0-9]/.test(line) && line.includes(":")) return parseCidrRule(line);
+  if (!line.startsWith("[") && (line.match(/:/g)?.length ?? 0) >= 2) {
+    return { ok: false, reason: "not an IPv4 rule (write IPv6 in brackets: [2001:db8::]/32:tcp/443)" };
+  }
+  if (line.startsWith("[") || (/^[0-9]/.test(line) && line.includes(":"))) return parseCidrRule(line);
   if (/^[0-9.]+(\/\d*)?$/.test(line)) {
     return { ok: false, reason: "missing :<tcp|udp>/<port> after the address" };
   }
-  if (line.startsWith("[")) return { ok: false, reason: "missing :<tcp|udp>/<port> after the address" };
   if (/^[A-Za-z0-9_-]/.test(line)) return parseServiceRule(line);
   return {
     ok: false,
@@ -172,12 +177,19 @@ export function parseRuleLine(raw: string): LineResult {
   };
 }
 
+/** Control characters (C0, DEL, C1) as visible `\xNN` escapes, so text from a KV value cannot drive a terminal. */
+export function escapeControls(text: string): string {
+  // deno-lint-ignore no-control-regex
+  return text.replace(
+    /[\u0000-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
 /** Make text safe and short for an error line: no control characters, at most 80 characters. */
 export function displayText(text: string): string {
   const cut = text.length > 80 ? text.slice(0, 77) + "..." : text;
-  const clean = cut.replace(/\r$/, "").trim();
-  // deno-lint-ignore no-control-regex
-  return /[\u0000-\u001f\u007f-\u009f\ufffd]/.test(clean) ? JSON.stringify(clean) : clean;
+  return escapeControls(cut.replace(/\r$/, "").trim());
 }
 
 /** Parse a whole ACL value. Bad lines become problems; good lines are kept, whatever else is wrong. */
@@ -190,7 +202,7 @@ export function parseAcl(key: string, value: string): { rules: Rule[]; problems:
   for (let i = 0; i < lines.length; i++) {
     const res = parseRuleLine(lines[i]);
     const where = { key, line: i + 1, text: displayText(lines[i]) };
-    if (!res.ok) report({ ...where, reason: res.reason, severity: "error" });
+    if (!res.ok) report({ ...where, reason: escapeControls(res.reason), severity: "error" });
     else if (res.rule) {
       rules.push({ ...res.rule, key, line: i + 1 });
       if ("warning" in res && res.warning) report({ ...where, reason: res.warning, severity: "warning" });

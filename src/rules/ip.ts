@@ -51,6 +51,8 @@ export function parseIPv6(text: string): Uint8Array | undefined {
   if (text.length > 45 || !/^[0-9a-fA-F:.]+$/.test(text)) return undefined;
   const halves = text.split("::");
   if (halves.length > 2) return undefined;
+  // A dotted quad may only end the address.
+  if (halves.length === 2 && halves[0].includes(".")) return undefined;
   const head = parseGroups(halves[0]);
   const tail = halves.length === 2 ? parseGroups(halves[1]) : [];
   if (!head || !tail) return undefined;

@@ -1,0 +1,211 @@
+// The reconcile loop with in-memory fakes of its three dependencies (Docker, rules, applier).
+import assert from "node:assert/strict";
+import { Reconciler } from "../../src/reconcile.ts";
+import type { Applier, ApplyTarget } from "../../src/apply/applier.ts";
+import type { RenderedRules } from "../../src/render.ts";
+import { loadTemplates, Renderer } from "../../src/render.ts";
+import type { ContainerInfo } from "../../src/docker/types.ts";
+import { snapshotFrom } from "../../src/rules/acl_source.ts";
+import type { RuleData, RuleProvider } from "../../src/rule_cache.ts";
+import { silentLogger } from "../../src/log.ts";
+import { DockerError } from "../../src/errors.ts";
+import { DEFAULTS } from "../../src/config.ts";
+
+const renderer = new Renderer(await loadTemplates(), "test");
+const enc = (s: string) => new TextEncoder().encode(s);
+
+function info(id: string, env: string[], running = true): ContainerInfo {
+  return {
+    id,
+    name: `c-${id}`,
+    pid: 100,
+    running,
+    env,
+    labels: {},
+    networkMode: "bridge",
+    image: "x",
+    startedAt: "",
+    restartCount: 0,
+  };
+}
+
+class FakeApplier implements Applier {
+  readonly mode = "nsenter" as const;
+  applied: string[] = [];
+  running = 0;
+  maxRunning = 0;
+  failFor = new Set<string>();
+  delayMs = 5;
+  tables = new Map<string, RenderedRules>();
+  async apply(t: ApplyTarget, rules: RenderedRules): Promise<RenderedRules> {
+    this.running++;
+    this.maxRunning = Math.max(this.maxRunning, this.running);
+    await new Promise((r) => setTimeout(r, this.delayMs));
+    this.running--;
+    if (this.failFor.has(t.id)) throw new Error(`iptables-restore: line 3 failed for ${t.id}`);
+    this.applied.push(t.id);
+    this.tables.set(t.id, rules);
+    return rules;
+  }
+  read(t: ApplyTarget): Promise<RenderedRules> {
+    return Promise.resolve(this.tables.get(t.id) ?? { ipv4: "", ipv6: "" });
+  }
+}
+
+class FakeRules implements RuleProvider {
+  fail = false;
+  data: RuleData = {
+    snapshot: snapshotFrom([{ key: "db", value: enc("10.50.129.0/24:tcp/5432") }]),
+    services: new Map(),
+    hasCatalog: true,
+    at: 0,
+  };
+  get(): Promise<RuleData> {
+    return this.fail
+      ? Promise.reject(new Error("consul at http://127.0.0.1:8500 is unreachable"))
+      : Promise.resolve(this.data);
+  }
+  invalidate() {}
+}
+
+function setup(containers: ContainerInfo[], opts: { onError?: "deny" | "skip"; concurrency?: number } = {}) {
+  const byId = new Map(containers.map((c) => [c.id, c]));
+  const docker = {
+    inspectContainer: (id: string) => {
+      const c = byId.get(id);
+      return c
+        ? Promise.resolve(c)
+        : Promise.reject(new DockerError(`no such container: ${id}`, { status: 404 }));
+    },
+    listContainers: () =>
+      Promise.resolve([...byId.values()].filter((c) => c.running).map((c) => ({ id: c.id }))),
+  };
+  const applier = new FakeApplier();
+  const rules = new FakeRules();
+  const stop = new AbortController();
+  const r = new Reconciler({
+    applier,
+    rules,
+    renderer: () => renderer,
+    config: { policy: "protect", dnsResolvers: [...DEFAULTS.dnsResolvers], onError: opts.onError ?? "skip" },
+    docker,
+    log: silentLogger,
+    concurrency: opts.concurrency ?? 4,
+    signal: stop.signal,
+    retryMinMs: 20,
+    retryMaxMs: 40,
+  });
+  return { r, applier, rules, byId };
+}
+
+const ON = ["EGRESSTRATOR_ENABLE=1", "EGRESSTRATOR_ACL=web"];
+
+Deno.test("markAll applies to opted-in containers only, within the concurrency bound, once each", async () => {
+  const list = Array.from({ length: 20 }, (_, i) => info(`id${i}`, i % 4 === 0 ? [] : ON));
+  const { r, applier } = setup(list, { concurrency: 3 });
+  await r.markAll(new AbortController().signal);
+  await r.idle();
+  assert.equal(applier.applied.length, 15);
+  assert.ok(applier.maxRunning <= 3, `max parallel ${applier.maxRunning}`);
+  assert.equal(r.states.size, 15);
+  // Marking again changes nothing: the rendered hash is the same.
+  await r.markAll(new AbortController().signal);
+  await r.idle();
+  assert.equal(applier.applied.length, 15);
+  await r.close();
+});
+
+Deno.test("a container marked many times while in flight is applied at most twice, never concurrently", async () => {
+  const { r, applier } = setup([info("a", ON)]);
+  applier.delayMs = 30;
+  for (let i = 0; i < 10; i++) r.mark("a");
+  await r.idle();
+  assert.ok(applier.maxRunning === 1);
+  assert.equal(applier.applied.length, 1, "the re-check finds the same hash");
+  await r.close();
+});
+
+Deno.test("failures are retried with backoff and recorded; forget cancels the retry", async () => {
+  const { r, applier } = setup([info("a", ON)]);
+  applier.failFor.add("a");
+  r.mark("a");
+  await r.idle();
+  assert.match(r.states.get("a")?.lastError ?? "", /line 3 failed/);
+  await new Promise((res) => setTimeout(res, 120));
+  assert.ok((r.states.get("a")?.attempts ?? 0) >= 2, "retried");
+  applier.failFor.clear();
+  await new Promise((res) => setTimeout(res, 120));
+  await r.idle();
+  assert.equal(r.states.get("a")?.lastError, undefined);
+  assert.equal(applier.applied.length, 1);
+  r.forget("a");
+  assert.equal(r.states.size, 0);
+  await r.close();
+});
+
+Deno.test("rules unavailable: skip leaves nothing, deny applies deny-all, then the real rules follow", async () => {
+  const skip = setup([info("a", ON)]);
+  skip.rules.fail = true;
+  skip.r.mark("a");
+  await skip.r.idle();
+  assert.equal(skip.applier.applied.length, 0);
+  assert.match(skip.r.states.get("a")?.lastError ?? "", /unreachable/);
+  await skip.r.close();
+
+  const deny = setup([info("a", ON)], { onError: "deny" });
+  deny.rules.fail = true;
+  deny.r.mark("a");
+  await deny.r.idle();
+  assert.equal(deny.r.states.get("a")?.denied, true);
+  assert.match(deny.applier.tables.get("a")!.ipv4, /-A OUTPUT -p tcp -j REJECT/);
+  deny.rules.fail = false;
+  await new Promise((res) => setTimeout(res, 100));
+  await deny.r.idle();
+  assert.equal(deny.r.states.get("a")?.denied, false);
+  assert.match(deny.applier.tables.get("a")!.ipv4, /10\.50\.129\.0\/24/);
+  await deny.r.close();
+});
+
+Deno.test("containers that are gone or stopped are forgotten, not retried", async () => {
+  const { r, applier } = setup([info("b", ON, false)]);
+  r.mark("gone");
+  r.mark("b");
+  await r.idle();
+  assert.equal(applier.applied.length, 0);
+  assert.equal(r.states.size, 0);
+  await r.close();
+});
+
+Deno.test("resync re-applies a container whose tables changed behind its back", async () => {
+  const { r, applier } = setup([info("a", ON)]);
+  r.mark("a");
+  await r.idle();
+  assert.equal(await r.resync(), 0);
+  applier.tables.set("a", { ipv4: "*filter\nCOMMIT\n", ipv6: "" });
+  assert.equal(await r.resync(), 1);
+  await r.idle();
+  assert.equal(applier.applied.length, 2);
+  assert.equal(await r.resync(), 0);
+  await r.close();
+});
+
+Deno.test("adopt: a gate-applied container with the same hash is not applied again", async () => {
+  const { r, applier } = setup([info("a", ON)]);
+  r.mark("a");
+  await r.idle();
+  const s = r.states.get("a")!;
+  r.forget("a");
+  r.adopt({
+    id: "a",
+    hash: s.hash!,
+    savedHash: s.savedHash,
+    acls: ["web"],
+    policy: "protect",
+    ruleCount: 1,
+    denied: false,
+  });
+  r.mark("a");
+  await r.idle();
+  assert.equal(applier.applied.length, 1);
+  await r.close();
+});
