@@ -66,5 +66,10 @@ export class RuleCache implements RuleProvider {
 /** Problems with the keys themselves, whoever uses them: bad lines, bad names, service trouble. */
 export function keyProblems(data: Omit<RuleData, "at">): string[] {
   const plan = buildPlan({ ...data, acls: [], policy: "protect", dnsResolvers: [] });
-  return plan.problems.map(formatProblem);
+  const lines = plan.problems.map(formatProblem);
+  // Consul answers 404 both for an empty prefix and for a token without read rights on it.
+  if (data.snapshot.entries.length === 0 && data.snapshot.problems.length === 0) {
+    lines.push("no ACL keys found (empty prefix, or the token cannot read it): nothing is protected");
+  }
+  return lines;
 }
