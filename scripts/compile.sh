@@ -1,72 +1,177 @@
 #!/usr/bin/env bash
-# Compile egresstrator into a single self-contained executable.
+# Compile egresstrator into one self-contained executable and lay out a release directory.
 #
-#   bash scripts/compile.sh [output-path]        (default: dist/egresstrator)
+#   bash scripts/compile.sh [--out-dir DIR]          (or: deno task compile; default DIR: dist)
+#
+# Writes, in DIR:
+#   egresstrator-<os>-<arch>   the binary (linux-x64 or linux-arm64), templates embedded
+#   egresstrator               symlink to the host's binary (only when compiling for this host)
+#   egresstrator.service, egresstrator.env, install.sh   what install.sh installs next to the binary
+#   sha256sums                 `sha256sum -c` format, over every file above except the symlink
+#   latest.txt                 the version, for install.sh's default (`--version` not given)
+# Running it once per TARGET into the same DIR accumulates binaries; sha256sums always lists all of them.
 #
 # Environment:
-#   TARGET      optional `deno compile --target` triple (e.g. x86_64-unknown-linux-gnu)
-#   DENORT_BIN  optional path to a denort base binary; deno compile reads this variable itself.
-#               Without it deno downloads denort from dl.deno.land, which may not be reachable.
+#   TARGET      optional `deno compile --target` triple: x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu
+#   DENORT_BIN  optional path to a denort base binary (read by deno compile itself). Without it deno
+#               downloads denort-<target>.zip from dl.deno.land; when that fails this script prints one
+#               line saying so and exits 3.
+#
+# Exit codes: 0 built, 1 build failed, 2 usage, 3 no denort base binary available.
 set -euo pipefail
 
 log() { printf 'compile: %s\n' "$*" >&2; }
+usage_error() {
+  log "$*"
+  exit 2
+}
+
+# Runtime permissions baked into the binary. `deno task start` (deno.json) must use the same list;
+# tests/integration/install_test.ts checks that they match.
+#   --allow-net    Consul's HTTP API and a tcp:// DOCKER_HOST; both addresses are runtime config.
+#   --allow-read   paths named at runtime (--acl-dir, --template, token/TLS files, the env file the runtime
+#                  gate reads, OCI bundles) and the unix sockets below (connecting needs read + write).
+#   --allow-write  /run and /var/run: the status server's socket (default /run/egresstrator/), Docker's
+#                  socket (/var/run/docker.sock; deno checks the literal path, so both spellings); /etc/docker:
+#                  `runtime-config` rewrites daemon.json. Nothing else is written.
+#   --allow-env    main.ts hands the whole environment to the config (Deno.env.toObject needs all of it).
+#   --allow-run    nsenter, and the runtime gate execs the host's runc (EGRESSTRATOR_RUNC or the first of
+#                  /usr/bin/runc, /usr/sbin/runc, ...). A list breaks that: deno resolves a listed name once,
+#                  to its real path, so `--allow-run=runc` still refused /usr/bin/runc (a symlink to
+#                  /usr/sbin/runc on Debian) and any runc off the startup PATH. A list would not contain
+#                  much either: nsenter, which must be allowed, runs any program as root.
+#   no --allow-sys: nothing calls Deno.hostname/osRelease/loadavg/... (checked by running every command).
+# shellcheck disable=SC2054 # commas separate paths inside one flag
+permissions=(
+  --allow-net
+  --allow-read
+  --allow-write=/run,/var/run,/etc/docker
+  --allow-env
+  --allow-run
+)
+
+out_dir=""
+while (($#)); do
+  case "$1" in
+    --out-dir)
+      (($# >= 2)) || usage_error "--out-dir needs a directory"
+      out_dir="$2"
+      shift 2
+      ;;
+    --out-dir=*)
+      out_dir="${1#--out-dir=}"
+      shift
+      ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) usage_error "unknown argument: $1 (usage: bash scripts/compile.sh [--out-dir DIR])" ;;
+  esac
+done
 
 repo_root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
-
-# Resolve the output path relative to the caller's directory before changing directory.
-out="${1:-$repo_root/dist/egresstrator}"
-[[ "$out" == /* ]] || out="$PWD/$out"
+# Resolve the output directory relative to the caller's directory before changing directory.
+out_dir="${out_dir:-$repo_root/dist}"
+[[ "$out_dir" == /* ]] || out_dir="$PWD/$out_dir"
 
 cd "$repo_root"
+
+# <os>-<arch> of a target triple; egresstrator is Linux-only (network namespaces, iptables, nsenter).
+platform_of() {
+  case "$1" in
+    x86_64-unknown-linux-gnu) echo linux-x64 ;;
+    aarch64-unknown-linux-gnu) echo linux-arm64 ;;
+    *) return 1 ;;
+  esac
+}
+host_target() {
+  [[ "$(uname -s)" == Linux ]] || return 1
+  case "$(uname -m)" in
+    x86_64 | amd64) echo x86_64-unknown-linux-gnu ;;
+    aarch64 | arm64) echo aarch64-unknown-linux-gnu ;;
+    *) return 1 ;;
+  esac
+}
+
+host="$(host_target || true)"
+target="${TARGET:-$host}"
+[[ -n "$target" ]] || usage_error "cannot build for this host ($(uname -s) $(uname -m)); set TARGET=x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu"
+platform="$(platform_of "$target")" ||
+  usage_error "TARGET=$target is not supported: egresstrator runs on Linux only (x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu)"
+native=false
+[[ "$target" == "$host" ]] && native=true
+
+version="$(sed -n 's/^export const VERSION = "\([^"]*\)";$/\1/p' src/version.ts)"
+[[ -n "$version" ]] || {
+  log "cannot read VERSION from src/version.ts"
+  exit 1
+}
+
 DENO="$(bash scripts/ensure_deno.sh)"
 
 if [[ -n "${DENORT_BIN:-}" ]]; then
-  [[ -f "$DENORT_BIN" ]] || {
-    log "DENORT_BIN=$DENORT_BIN does not exist"
+  [[ -f "$DENORT_BIN" && -x "$DENORT_BIN" ]] || {
+    log "DENORT_BIN=$DENORT_BIN is not an executable file"
     exit 1
   }
   # The full deno CLI is accepted by deno compile as a base binary, but the result just starts the
-  # deno CLI/REPL instead of egresstrator. Catch that mistake (only checkable for the host target).
-  if [[ -z "${TARGET:-}" ]] && [[ "$(timeout 5 "$DENORT_BIN" --version 2>/dev/null || true)" == "deno "* ]]; then
-    log "DENORT_BIN=$DENORT_BIN is the deno CLI, not denort (the denort-<target>.zip release asset)"
+  # deno CLI instead of egresstrator. Catch that mistake (only checkable for the host target).
+  if $native && [[ "$(timeout 5 "$DENORT_BIN" --version 2>/dev/null || true)" == "deno "* ]]; then
+    log "DENORT_BIN=$DENORT_BIN is the deno CLI, not denort (the denort-$target.zip release asset)"
     exit 1
   fi
   export DENORT_BIN
 fi
 
-# Least-privilege runtime permissions baked into the binary.
-args=(
-  compile
-  --include templates
-  --allow-net
-  --allow-read
-  --allow-write=/run,/var/run,/tmp
-  --allow-env
-  --allow-run
-  --allow-sys=hostname,osRelease
-  --output "$out"
-)
-if [[ -n "${TARGET:-}" ]]; then
-  args+=(--target "$TARGET")
-fi
-args+=(main.ts)
-
-mkdir -p "$(dirname -- "$out")"
+mkdir -p "$out_dir"
+out="$out_dir/egresstrator-$platform"
 errlog="$(mktemp)"
 # deno compile leaves "<out>.tmp-<hash>" behind when it fails.
-trap 'rm -f "$errlog" "$out".tmp-*' EXIT
+trap 'rm -f "$errlog" "$out".tmp-* "$out_dir"/.sha256sums.tmp' EXIT
 
-if "$DENO" "${args[@]}" 2>"$errlog"; then
+args=(compile --frozen --include templates "${permissions[@]}" --output "$out")
+# Only when asked: without --target deno also finds a denort placed next to the deno executable.
+[[ -n "${TARGET:-}" ]] && args+=(--target "$TARGET")
+args+=(main.ts)
+rc=0
+"$DENO" "${args[@]}" 2>"$errlog" || rc=$?
+if ((rc != 0)); then
+  if [[ -z "${DENORT_BIN:-}" ]] && grep -qiE 'denort|dl\.deno\.land|base binary' "$errlog"; then
+    log "no denort base binary for $target: deno compile could not download it from dl.deno.land; set DENORT_BIN=/path/to/denort (unzipped denort-$target.zip of deno $("$DENO" --version | sed -n '1s/^deno \([^ ]*\).*/\1/p'))"
+    exit 3
+  fi
   cat "$errlog" >&2
-  log "wrote $out"
-  exit 0
-else
-  rc=$?
+  exit "$rc"
+fi
+chmod 755 "$out"
+
+# A binary that does not start as egresstrator is worse than none (e.g. a wrong DENORT_BIN).
+if $native; then
+  got="$(timeout 20 "$out" --version 2>&1 || true)"
+  if [[ "$got" != "$version" ]]; then
+    rm -f "$out"
+    log "the compiled binary does not work: \`$(basename -- "$out") --version\` printed \"$got\", want \"$version\""
+    exit 1
+  fi
+  ln -sfn "egresstrator-$platform" "$out_dir/egresstrator"
 fi
 
-if [[ -z "${DENORT_BIN:-}" ]] && grep -qiE 'denort|dl\.deno\.land|base binary' "$errlog"; then
-  log "deno compile needs its denort base binary, which could not be downloaded here; set DENORT_BIN=/path/to/denort"
-  exit 3
+# What install.sh needs next to the binaries, so a release directory is complete on its own.
+if [[ "$out_dir" != "$repo_root" ]]; then
+  install -m 644 packaging/egresstrator.service packaging/egresstrator.env "$out_dir/"
+  install -m 755 install.sh "$out_dir/"
 fi
-cat "$errlog" >&2
-exit "$rc"
+printf '%s\n' "$version" >"$out_dir/latest.txt"
+
+(
+  cd "$out_dir"
+  files=()
+  for f in egresstrator-linux-* egresstrator.service egresstrator.env install.sh; do
+    [[ -f "$f" && ! -L "$f" && "$f" != *.tmp-* ]] && files+=("$f")
+  done
+  sha256sum -- "${files[@]}" >.sha256sums.tmp
+  mv -f .sha256sums.tmp sha256sums
+)
+
+log "wrote $out ($(du -h "$out" | cut -f1), egresstrator $version, $target) and $out_dir/sha256sums"
