@@ -13,7 +13,8 @@ export interface ApplyTarget {
 export interface Applier {
   readonly mode: ApplyMode;
   /**
-   * Both families are checked (`--test`) before either is written, so a bad text changes nothing.
+   * Both families are checked (`--test`) before either is written, and ipv4 is rolled back if ipv6
+   * fails, so a bad text changes nothing.
    * Resolves with the tables as read back right after (the baseline for drift checks).
    */
   apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules>;
@@ -71,11 +72,17 @@ export function applyScript(chunks4: number, chunks6: number): string {
     `printf '%s' ${Array.from({ length: n }, (_, i) => `"$EGT${fam}_${i}"`).join(" ")}`;
   const v4 = cat("4", chunks4);
   const v6 = cat("6", chunks6);
+  // --test catches syntax errors, but with the nf_tables backend not every bad rule (an unknown target
+  // passes it). So the ipv4 table is saved first and put back when the ipv6 restore fails: either both
+  // families change or neither does.
+  const rollback = `{ printf '%s\\n' "$old4" | iptables-restore; ` +
+    `echo "egresstrator: ipv6 rules failed; ipv4 rules rolled back" >&2; exit 4; }`;
   return [
+    `old4=$(iptables-save -t filter) || exit 5`,
     `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`,
     `${v6} | ip6tables-restore --test || { echo "egresstrator: ipv6 rules rejected by ip6tables-restore" >&2; exit 3; }`,
     `${v4} | iptables-restore || exit 4`,
-    `${v6} | ip6tables-restore || exit 4`,
+    `${v6} | ip6tables-restore || ${rollback}`,
     READ_SCRIPT,
   ].join("\n");
 }

@@ -1,0 +1,428 @@
+/**
+ * A private dockerd for tests that restart or configure the daemon, or that must not see (or be seen by)
+ * other tests' containers on the shared dockerd: its own socket, data-root and exec-root under a temp dir,
+ * no iptables management (`--iptables=false --ip-forward=false --bridge=none`), its own managed containerd,
+ * and `--shutdown-timeout=2` so a restart does not wait 15 s for containers that ignore SIGTERM.
+ *
+ * Containers on it use network `none` or a bridge network made with {@link PrivateDockerd.createNetwork}.
+ * Because this dockerd writes no firewall rules, and the host has br_netfilter loaded with the main
+ * dockerd's `FORWARD` policy DROP, bridged traffic between two containers would be dropped by the host:
+ * createNetwork names the bridge and inserts one host rule, `-i <bridge> -o <bridge> -j ACCEPT`, which
+ * only lets the network's own containers talk to each other. stop() deletes it.
+ */
+import { DockerClient } from "../../src/docker/client.ts";
+import { BUSYBOX_IMAGE, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
+
+/** Options of {@link startPrivateDockerd}. */
+export interface PrivateDockerdOptions {
+  /** Extra OCI runtimes: name -> path of the runtime binary (`--add-runtime name=path`). */
+  runtimes?: Record<string, string>;
+  extraArgs?: string[];
+  /** Images copied from the main dockerd once it is up (default: the busybox test image). */
+  images?: string[];
+}
+
+/** A bridge network on the private dockerd. */
+export interface PrivateNetwork {
+  id: string;
+  name: string;
+  /** `10.231.<n>.0/24` */
+  subnet: string;
+  /** Host interface name of the bridge. */
+  bridge: string;
+}
+
+/** Options of {@link PrivateDockerd.run}. */
+export interface PrivateRunOptions {
+  cmd: string[];
+  image?: string;
+  env?: string[];
+  name?: string;
+  /** A network name or `none` (the default: there is no default bridge on this dockerd). */
+  network?: string;
+  labels?: Record<string, string>;
+  hostConfig?: Record<string, unknown>;
+}
+
+/** A running private dockerd. */
+export interface PrivateDockerd {
+  /** `unix:///tmp/egt-dockerd-XXXX/docker.sock`, as `-H` takes it. */
+  host: string;
+  /** The temp dir holding everything (socket, data, exec root, log). */
+  dir: string;
+  logFile: string;
+  /** A client for this dockerd; close it when done. */
+  client(): DockerClient;
+  /** Stop dockerd (its containers stop with it) and start it again on the same dirs. */
+  restart(): Promise<void>;
+  /** Remove every container and network, stop dockerd and containerd, unmount leftovers, delete the dir. */
+  stop(): Promise<void>;
+  /** Copy an image from the main dockerd: `docker save NAME | docker -H <host> load`. */
+  loadImage(name: string): Promise<void>;
+  /** A labelled bridge network with a free 10.231.<n>.0/24 subnet and the host rule described above. */
+  createNetwork(name?: string): Promise<PrivateNetwork>;
+  /** Create and start a labelled container. */
+  run(opts: PrivateRunOptions): Promise<{ id: string; name: string }>;
+}
+
+const START_TIMEOUT_MS = 30_000;
+const STOP_TIMEOUT_MS = 20_000;
+
+async function sh(script: string, args: string[] = []): Promise<{ code: number; out: string }> {
+  const res = await new Deno.Command("bash", {
+    args: ["-c", script, "bash", ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: res.code, out: (dec.decode(res.stdout) + dec.decode(res.stderr)).trim() };
+}
+
+async function mustSh(what: string, script: string, args: string[] = []): Promise<string> {
+  const r = await sh(script, args);
+  if (r.code !== 0) throw new Error(`${what} failed (exit ${r.code}): ${r.out}`);
+  return r.out;
+}
+
+async function ping(socket: string): Promise<boolean> {
+  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: socket } });
+  try {
+    const res = await fetch("http://docker/_ping", { client, signal: AbortSignal.timeout(2000) });
+    const text = await res.text();
+    return res.ok && text === "OK";
+  } catch {
+    return false;
+  } finally {
+    client.close();
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function readPid(path: string): number | undefined {
+  try {
+    const n = Number(Deno.readTextFileSync(path).trim());
+    return Number.isInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function logTail(path: string, lines = 30): Promise<string> {
+  try {
+    return (await Deno.readTextFile(path)).trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+/** Mount points at or under `dir`, deepest first (from /proc/self/mountinfo). */
+function mountsUnder(dir: string): string[] {
+  const text = Deno.readTextFileSync("/proc/self/mountinfo");
+  const points = text.split("\n").filter(Boolean).map((l) =>
+    l.split(" ")[4].replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)))
+  );
+  return points.filter((p) => p === dir || p.startsWith(dir + "/")).sort((a, b) => b.length - a.length);
+}
+
+/** containerd and shim processes whose command line names `dir` (this dockerd's), plus their descendants. */
+function processesOf(dir: string): number[] {
+  const parent = new Map<number, number>();
+  const roots: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const pid = Number(e.name);
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+      parent.set(pid, Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+      const argv = Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0");
+      const isContainerd = /(^|\/)containerd/.test(argv[0] ?? "");
+      if (isContainerd && argv.some((a) => a.includes(`${dir}/`))) {
+        roots.push(pid);
+      }
+    } catch { /* gone meanwhile */ }
+  }
+  const out = new Set(roots);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const [pid, ppid] of parent) {
+      if (!out.has(pid) && out.has(ppid)) (out.add(pid), grew = true);
+    }
+  }
+  out.delete(Deno.pid);
+  return [...out];
+}
+
+/** Subnets (third octet of 10.231.x.0/24) already routed or addressed on this host. */
+async function usedThirdOctets(): Promise<Set<number>> {
+  const out = await mustSh("ip route/addr", "ip -4 route show; ip -4 -o addr show");
+  const used = new Set<number>();
+  for (const m of out.matchAll(/\b10\.231\.(\d{1,3})\./g)) used.add(Number(m[1]));
+  return used;
+}
+
+const FORWARD_RULE = (bridge: string) => [
+  "FORWARD",
+  "-i",
+  bridge,
+  "-o",
+  bridge,
+  "-m",
+  "comment",
+  "--comment",
+  "egresstrator-test private dockerd bridge",
+  "-j",
+  "ACCEPT",
+];
+
+async function iptables(op: "-I" | "-D" | "-C", bridge: string): Promise<boolean> {
+  const rule = FORWARD_RULE(bridge);
+  const args = op === "-I" ? ["-w", "-I", rule[0], "1", ...rule.slice(1)] : ["-w", op, ...rule];
+  const res = await new Deno.Command("iptables", { args, stdout: "null", stderr: "piped" }).output();
+  if (!res.success && op === "-I") {
+    throw new Error(`iptables ${args.join(" ")}: ${new TextDecoder().decode(res.stderr).trim()}`);
+  }
+  return res.success;
+}
+
+/** Start a private dockerd and wait until its socket answers `/_ping`. */
+export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Promise<PrivateDockerd> {
+  const dir = await Deno.makeTempDir({ prefix: "egt-dockerd-" });
+  const socket = `${dir}/docker.sock`;
+  const logFile = `${dir}/dockerd.log`;
+  const host = `unix://${socket}`;
+  const args = [
+    "--host",
+    host,
+    "--data-root",
+    `${dir}/data`,
+    "--exec-root",
+    `${dir}/exec`,
+    "--pidfile",
+    `${dir}/docker.pid`,
+    "--iptables=false",
+    "--ip-forward=false",
+    "--bridge=none",
+    // Test containers (sleep, httpd as PID 1) ignore SIGTERM: do not wait the default 15 s for each.
+    "--shutdown-timeout=2",
+    ...Object.entries(opts.runtimes ?? {}).flatMap(([name, path]) => ["--add-runtime", `${name}=${path}`]),
+    ...(opts.extraArgs ?? []),
+  ];
+  let child: Deno.ChildProcess | undefined;
+  const bridges = new Set<string>();
+
+  const launch = async () => {
+    // sh only redirects into the log; exec makes our signals reach dockerd itself.
+    child = new Deno.Command("sh", {
+      args: ["-c", 'exec dockerd "$@" >>"$DOCKERD_LOG" 2>&1', "dockerd", ...args],
+      env: { DOCKERD_LOG: logFile },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    let exited: Deno.CommandStatus | undefined;
+    const proc = child;
+    proc.status.then((s) => (exited = s));
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (Date.now() < deadline) {
+      if (exited) {
+        throw new Error(`dockerd exited with ${exited.code} during startup:\n${await logTail(logFile)}`);
+      }
+      if (await ping(socket)) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`dockerd not ready after ${START_TIMEOUT_MS} ms:\n${await logTail(logFile)}`);
+  };
+
+  const halt = async () => {
+    const proc = child;
+    child = undefined;
+    if (!proc) return;
+    const containerd = readPid(`${dir}/exec/containerd/containerd.pid`);
+    try {
+      proc.kill("SIGTERM");
+    } catch { /* already gone */ }
+    const timer = setTimeout(() => {
+      try {
+        proc.kill("SIGKILL");
+      } catch { /* already gone */ }
+    }, STOP_TIMEOUT_MS);
+    await proc.status;
+    clearTimeout(timer);
+    // dockerd stops its managed containerd on a clean exit; after a SIGKILL it would be left running.
+    if (containerd && alive(containerd)) {
+      const cmdline = await Deno.readTextFile(`/proc/${containerd}/cmdline`).catch(() => "");
+      if (cmdline.includes(dir)) {
+        Deno.kill(containerd, "SIGTERM");
+        for (let i = 0; i < 100 && alive(containerd); i++) await new Promise((r) => setTimeout(r, 100));
+        if (alive(containerd)) Deno.kill(containerd, "SIGKILL");
+      }
+    }
+  };
+
+  const client = () => new DockerClient({ host, timeoutMs: 30_000 });
+
+  const removeAll = async () => {
+    const c = client();
+    try {
+      const list = await c.listContainers({ all: true });
+      await Promise.all(list.map((ct) => c.removeContainer(ct.id, { force: true }).catch(() => {})));
+      const nets = await c.rawJson<{ Id: string; Name: string }[]>({
+        what: "list networks",
+        path: "/networks",
+        query: { filters: JSON.stringify({ label: [TEST_LABEL] }) },
+      });
+      for (const n of nets ?? []) {
+        const res = await c.raw({
+          what: `remove network ${n.Name}`,
+          method: "DELETE",
+          path: `/networks/${n.Id}`,
+          allow: [404],
+        });
+        await res.body?.cancel();
+      }
+    } finally {
+      c.close();
+    }
+  };
+
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      const problems: string[] = [];
+      if (child && await ping(socket)) {
+        await removeAll().catch((err) => problems.push(`remove objects: ${(err as Error).message}`));
+      }
+      await halt();
+      // A container dockerd could not remove (a runtime stuck in create) leaves its shim and `runc init`
+      // behind once dockerd and containerd are gone; they hold mounts under dir. Only our dir's processes.
+      const left = processesOf(dir);
+      if (left.length) {
+        console.warn(
+          `private dockerd ${dir}: killing ${left.length} leftover process(es): ${left.join(",")}`,
+        );
+        for (const pid of left) {
+          try {
+            Deno.kill(pid, "SIGKILL");
+          } catch { /* gone */ }
+        }
+        for (let i = 0; i < 50 && left.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+      }
+      for (const b of bridges) {
+        while (await iptables("-D", b)) { /* remove every copy */ }
+        await sh('ip link show "$1" >/dev/null 2>&1 && ip link del "$1"', [b]);
+      }
+      for (const m of mountsUnder(dir)) {
+        const r = await sh('umount "$1" 2>&1 || umount -l "$1"', [m]);
+        if (r.code !== 0) problems.push(`umount ${m}: ${r.out}`);
+      }
+      await Deno.remove(dir, { recursive: true }).catch((err) =>
+        problems.push(`remove ${dir}: ${(err as Error).message}`)
+      );
+      if (problems.length) throw new Error(`private dockerd cleanup: ${problems.join("; ")}`);
+    })();
+    return stopping;
+  };
+
+  const loadImage = async (name: string) => {
+    await mustSh(
+      `copy image ${name} to the private dockerd`,
+      'set -o pipefail; docker save "$1" | docker -H "$2" load -q',
+      [name, host],
+    );
+  };
+
+  const createNetwork = async (name = testName("pnet")): Promise<PrivateNetwork> => {
+    const c = client();
+    try {
+      for (let attempt = 0; attempt < 8; attempt++) {
+        const used = await usedThirdOctets();
+        const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !used.has(n));
+        const n = free[Math.floor(Math.random() * free.length)];
+        const subnet = `10.231.${n}.0/24`;
+        const bridge = `egt${crypto.randomUUID().slice(0, 8)}`;
+        const res = await c.raw({
+          what: `create network ${name}`,
+          method: "POST",
+          path: "/networks/create",
+          body: {
+            Name: name,
+            Driver: "bridge",
+            CheckDuplicate: true,
+            IPAM: { Driver: "default", Config: [{ Subnet: subnet }] },
+            Options: { "com.docker.network.bridge.name": bridge },
+            Labels: { [TEST_LABEL]: RUN_ID },
+          },
+          allow: [400, 403, 409],
+        });
+        const body = await res.json() as { Id?: string; message?: string };
+        if (!res.ok) {
+          if (/overlap/i.test(body.message ?? "")) continue;
+          throw new Error(`create network ${name}: ${body.message}`);
+        }
+        bridges.add(bridge);
+        await iptables("-I", bridge);
+        return { id: body.Id!, name, subnet, bridge };
+      }
+      throw new Error(`create network ${name}: no free 10.231.x.0/24 subnet after 8 tries`);
+    } finally {
+      c.close();
+    }
+  };
+
+  const run = async (o: PrivateRunOptions) => {
+    const name = o.name ?? testName();
+    const c = client();
+    try {
+      const { Id } = await c.rawJson<{ Id: string }>({
+        what: `create container ${name}`,
+        method: "POST",
+        path: "/containers/create",
+        query: { name },
+        body: {
+          Image: o.image ?? BUSYBOX_IMAGE,
+          Cmd: o.cmd,
+          Env: o.env ?? [],
+          Labels: { ...o.labels, [TEST_LABEL]: RUN_ID },
+          // PID 1 (sleep, httpd) ignores SIGTERM: a dockerd restart would wait 10 s per container.
+          StopTimeout: 1,
+          HostConfig: { NetworkMode: o.network ?? "none", ...o.hostConfig },
+        },
+      });
+      await c.startContainer(Id);
+      return { id: Id, name };
+    } finally {
+      c.close();
+    }
+  };
+
+  try {
+    await launch();
+    for (const image of opts.images ?? [BUSYBOX_IMAGE]) await loadImage(image);
+  } catch (err) {
+    await stop().catch(() => {});
+    throw err;
+  }
+  return {
+    host,
+    dir,
+    logFile,
+    client,
+    restart: async () => {
+      await halt();
+      await launch();
+    },
+    stop,
+    loadImage,
+    createNetwork,
+    run,
+  };
+}
