@@ -23,8 +23,29 @@ export function parseRuncArgs(argv: readonly string[]): RuncArgs {
   return { globals, command: argv[i], rest: argv.slice(i + 1) };
 }
 
-/** The container id of `start [--flags] <id>`: its last argument that is not an option. */
-export function startId(rest: readonly string[]): string | undefined {
-  const positional = rest.filter((a) => !a.startsWith("-"));
-  return positional[positional.length - 1];
+/** Options of `runc create` that take a value. */
+const CREATE_VALUE_FLAGS = new Set(["--bundle", "-b", "--console-socket", "--pid-file", "--preserve-fds"]);
+
+/** The container id of a command: its last argument that is neither an option nor an option's value. */
+export function containerId(rest: readonly string[]): string | undefined {
+  let id: string | undefined;
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i];
+    if (CREATE_VALUE_FLAGS.has(a)) i++;
+    else if (!a.startsWith("-")) id = a;
+  }
+  return id;
 }
+
+/** `--bundle <dir>` / `-b <dir>` / `--bundle=<dir>` of `runc create`; runc's default is the current directory. */
+export function bundleDir(rest: readonly string[]): string | undefined {
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i];
+    if ((a === "--bundle" || a === "-b") && i + 1 < rest.length) return rest[i + 1];
+    if (a.startsWith("--bundle=")) return a.slice("--bundle=".length);
+  }
+  return undefined;
+}
+
+/** Kept for `start <id>`, whose only positional argument is the id. */
+export const startId = containerId;

@@ -1,9 +1,10 @@
 /**
- * The OCI runtime gate: dockerd runs this instead of runc. Every call passes straight to the real runc,
- * except `start <id>` of an opted-in container: its rules go into the (already created) network
- * namespace first. Kept free of heavy imports so pass-through costs as little as possible.
+ * The OCI runtime gate: dockerd runs this instead of runc. Every call passes straight to the real runc;
+ * after a successful `create` of an opted-in container (namespace made, process not started) its rules
+ * go in before `create` returns, so they are in place before `start`. Kept free of heavy imports so
+ * pass-through costs as little as possible.
  */
-import { parseRuncArgs, startId } from "./runc_args.ts";
+import { bundleDir, containerId, parseRuncArgs } from "./runc_args.ts";
 import { parseEnvFile } from "./env_file.ts";
 
 const RUNC_CANDIDATES = ["/usr/bin/runc", "/usr/sbin/runc", "/usr/local/bin/runc", "/usr/local/sbin/runc"];
@@ -43,12 +44,8 @@ async function passThrough(runc: string, argv: string[]): Promise<number> {
   }
 }
 
-/** `runc state <id>`: the created container's init pid and bundle. */
-async function runcState(
-  runc: string,
-  globals: string[],
-  id: string,
-): Promise<{ pid: number; bundle: string }> {
+/** `runc state <id>`: the created container's init pid. */
+async function runcPid(runc: string, globals: string[], id: string): Promise<number> {
   const out = await new Deno.Command(runc, {
     args: [...globals, "state", id],
     stdout: "piped",
@@ -56,9 +53,9 @@ async function runcState(
   })
     .output();
   if (out.code !== 0) throw new Error(`runc state ${id}: ${new TextDecoder().decode(out.stderr).trim()}`);
-  const s = JSON.parse(new TextDecoder().decode(out.stdout)) as { pid?: number; bundle?: string };
-  if (!s.pid || !s.bundle) throw new Error(`runc state ${id}: no pid or bundle`);
-  return { pid: s.pid, bundle: s.bundle };
+  const s = JSON.parse(new TextDecoder().decode(out.stdout)) as { pid?: number };
+  if (!s.pid) throw new Error(`runc state ${id}: no pid`);
+  return s.pid;
 }
 
 /** The container's env from its bundle's config.json. */
@@ -70,6 +67,58 @@ function bundleEnv(bundle: string): string[] {
   return Array.isArray(env) ? env.filter((e): e is string => typeof e === "string") : [];
 }
 
+/**
+ * Tell whoever called runc why: stderr, and runc's `--log` file, which is where containerd looks for
+ * the message of a failed create (it shows in `docker run`'s error).
+ */
+export function say(text: string, globals: string[] = []): void {
+  const msg = `egresstrator gate: ${text}`;
+  Deno.stderr.writeSync(new TextEncoder().encode(msg + "\n"));
+  const i = globals.findIndex((g) => g === "--log" || g.startsWith("--log="));
+  const log = i < 0 ? undefined : globals[i].startsWith("--log=") ? globals[i].slice(6) : globals[i + 1];
+  if (!log) return;
+  const json = globals.includes("json") || globals.includes("--log-format=json");
+  const line = json ? JSON.stringify({ level: "error", msg, time: new Date().toISOString() }) : msg;
+  try {
+    Deno.writeTextFileSync(log, line + "\n", { append: true });
+  } catch { /* the stderr copy is all there is */ }
+}
+
+/**
+ * After `runc create` the namespace exists and the process waits for `runc start`: the moment to put
+ * rules in place. Refusing here (delete the created container, fail the create) lets containerd clean
+ * up; a failed `start` would leave a task it cannot delete. Returns false when the create must fail.
+ */
+async function gateCreated(
+  runc: string,
+  globals: string[],
+  rest: string[],
+  env: Record<string, string | undefined>,
+) {
+  const id = containerId(rest);
+  if (!id) return true;
+  try {
+    const containerEnv = bundleEnv(bundleDir(rest) ?? Deno.cwd());
+    if (!containerEnv.includes("EGRESSTRATOR_ENABLE=1")) return true;
+    const pid = await runcPid(runc, globals, id);
+    // Only opted-in containers pay for loading the rule machinery.
+    const { gateStart } = await import("./start.ts");
+    const refusal = await gateStart({ id, pid, containerEnv, env });
+    if (refusal === undefined) return true;
+    say(refusal, globals);
+  } catch (err) {
+    // Could not even tell whether it opted in: refuse rather than risk an unfiltered start.
+    say(`refusing ${id}: ${err instanceof Error ? err.message : String(err)}`, globals);
+  }
+  await new Deno.Command(runc, {
+    args: [...globals, "delete", "--force", id],
+    stdout: "null",
+    stderr: "null",
+  })
+    .output().catch(() => {});
+  return false;
+}
+
 /** Run as the runtime. Returns the exit code for main.ts. */
 export async function runGate(
   argv: string[],
@@ -78,23 +127,7 @@ export async function runGate(
   const env = gateEnv(processEnv);
   const runc = findRunc(env);
   const args = parseRuncArgs(argv);
-  const id = args.command === "start" ? startId(args.rest) : undefined;
-  if (id) {
-    try {
-      const { pid, bundle } = await runcState(runc, args.globals, id);
-      const containerEnv = bundleEnv(bundle);
-      if (containerEnv.includes("EGRESSTRATOR_ENABLE=1")) {
-        // Only opted-in starts pay for loading the rule machinery.
-        const { gateStart } = await import("./start.ts");
-        const ok = await gateStart({ id, pid, containerEnv, env });
-        if (!ok) return 1;
-      }
-    } catch (err) {
-      // Could not even tell whether it opted in: refuse rather than risk an unfiltered start.
-      const msg = err instanceof Error ? err.message : String(err);
-      Deno.stderr.writeSync(new TextEncoder().encode(`egresstrator gate: refusing to start ${id}: ${msg}\n`));
-      return 1;
-    }
-  }
-  return await passThrough(runc, argv);
+  const code = await passThrough(runc, argv);
+  if (code !== 0 || args.command !== "create") return code;
+  return (await gateCreated(runc, args.globals, args.rest, env)) ? 0 : 1;
 }

@@ -70,22 +70,30 @@ async function denyRules(config: Config, id: string): Promise<Rules> {
 
 function gateLog(env: GateStartInput["env"], fields: Record<string, unknown>): void {
   const path = env.EGRESSTRATOR_GATE_LOG;
-  const line = JSON.stringify({ time: new Date().toISOString(), ...fields }) + "\n";
-  if (path) Deno.writeTextFileSync(path, line, { append: true });
-  if (fields.error) Deno.stderr.writeSync(new TextEncoder().encode(`egresstrator gate: ${line}`));
+  if (!path) return;
+  try {
+    Deno.writeTextFileSync(path, JSON.stringify({ time: new Date().toISOString(), ...fields }) + "\n", {
+      append: true,
+    });
+  } catch { /* the log is a convenience; the decision stands */ }
 }
 
-/** Put rules in place before start. Returns false when the start must be refused. */
-export async function gateStart(inp: GateStartInput): Promise<boolean> {
+/** Log a refusal and return its one-line reason for the caller to report. */
+function refuse(env: GateStartInput["env"], id: string, why: string): string {
+  gateLog(env, { id, decision: "refused", error: why });
+  return `refusing to start ${id.slice(0, 12)}: ${why}`;
+}
+
+/** Put rules in place before start. Returns undefined when done, or why the start must be refused. */
+export async function gateStart(inp: GateStartInput): Promise<string | undefined> {
   const t0 = performance.now();
   let config: Config;
   try {
     config = buildConfig(rawFromEnv(inp.env));
   } catch (err) {
-    gateLog(inp.env, { id: inp.id, decision: "refused", error: `bad configuration: ${describeError(err)}` });
-    return false;
+    return refuse(inp.env, inp.id, `bad configuration: ${describeError(err)}`);
   }
-  const refuse = inp.env.EGRESSTRATOR_GATE_ON_FAILURE === "refuse";
+  const refuseOnFailure = inp.env.EGRESSTRATOR_GATE_ON_FAILURE === "refuse";
   const timeoutMs = parseDuration("EGRESSTRATOR_GATE_TIMEOUT", inp.env.EGRESSTRATOR_GATE_TIMEOUT || "3s");
   const errors: string[] = [];
   let rules: Rules | undefined;
@@ -106,14 +114,7 @@ export async function gateStart(inp: GateStartInput): Promise<boolean> {
   }
   const denied = !rules;
   if (!rules) {
-    if (refuse) {
-      gateLog(inp.env, {
-        id: inp.id,
-        decision: "refused",
-        error: `no rules could be had (${errors.join("; ")})`,
-      });
-      return false;
-    }
+    if (refuseOnFailure) return refuse(inp.env, inp.id, `no rules could be had (${errors.join("; ")})`);
     rules = await denyRules(config, inp.id);
     source = "deny";
   }
@@ -124,12 +125,7 @@ export async function gateStart(inp: GateStartInput): Promise<boolean> {
       await new NsenterApplier(denoRunner).apply(target, rules.rendered, AbortSignal.timeout(15_000)),
     );
   } catch (err) {
-    gateLog(inp.env, {
-      id: inp.id,
-      decision: "refused",
-      error: `rules could not be applied: ${describeError(err)}`,
-    });
-    return false;
+    return refuse(inp.env, inp.id, `rules could not be applied: ${describeError(err)}`);
   }
   if (config.listen) {
     const report = {
@@ -154,5 +150,5 @@ export async function gateStart(inp: GateStartInput): Promise<boolean> {
     ms,
     ...(denied ? { error: errors.join("; ") } : {}),
   });
-  return true;
+  return undefined;
 }
