@@ -3,6 +3,11 @@
  * timeouts and blocking-query support. It only reads; every failure is a ConsulError that names what failed.
  */
 import { ConfigError, ConsulError, ValidationError } from "../errors.ts";
+import { normalizeConsulAddress, parseDurationMs } from "./address.ts";
+import { type CatalogServiceEntry, decodeKvPairs, decodeServiceEntries, type KvPair } from "./decode.ts";
+
+export { normalizeConsulAddress, parseDurationMs } from "./address.ts";
+export type { CatalogServiceEntry, KvPair } from "./decode.ts";
 
 /** How to reach Consul. */
 export interface ConsulClientOptions {
@@ -41,83 +46,11 @@ export interface QueryResult<T> {
   knownLeader?: boolean;
 }
 
-/** One KV entry; value stays raw bytes because callers decide how to treat non-UTF-8. */
-export interface KvPair {
-  key: string;
-  value: Uint8Array | null;
-  modifyIndex: number;
-  flags: number;
-}
-
-/** One instance from /v1/catalog/service/<name>. */
-export interface CatalogServiceEntry {
-  node: string;
-  /** The node's address; use it when serviceAddress is empty. */
-  address: string;
-  serviceId: string;
-  serviceName: string;
-  serviceAddress: string;
-  servicePort: number;
-  serviceTags: string[];
-  datacenter?: string;
-}
-
 const DEFAULT_TIMEOUT_MS = 10_000;
 const BLOCKING_GRACE_MS = 5_000;
 const TLS_REASON = /certificate|tls|ssl|handshake|alert|corrupt message/i;
 /** With TLS 1.3 a server rejecting the client certificate often shows up as a dropped connection instead. */
 const TLS_DROP = /connection closed|broken pipe|connection reset/i;
-
-/**
- * Turn an address as typed into a base URL. No scheme means http (https with ssl) and, without a port,
- * Consul's default port (8500, or 8501 with ssl). Throws ConfigError for anything that is not host[:port].
- */
-export function normalizeConsulAddress(address: string, ssl: boolean): URL {
-  const raw = address.trim();
-  const bad = (why: string, cause?: unknown) =>
-    new ConfigError(`invalid consul address "${raw}": ${why}`, { cause });
-  if (raw === "") throw bad("it is empty");
-  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(raw);
-  const given = scheme?.[1].toLowerCase();
-  if (given !== undefined && given !== "http" && given !== "https") {
-    throw bad(`unsupported scheme "${given}", use http:// or https://`);
-  }
-  const rest = scheme ? raw.slice(scheme[0].length) : raw;
-  // The URL parser silently drops tabs and newlines, so reject all whitespace up front.
-  if (/\s/.test(rest)) throw bad("it contains whitespace");
-  const proto = ssl || given === "https" ? "https" : "http";
-  let url: URL;
-  try {
-    url = new URL(`${proto}://${rest}`);
-  } catch (err) {
-    throw bad("expected host:port, http://host:port or https://host:port", err);
-  }
-  if (url.hostname === "") throw bad("the host is missing");
-  if (url.username || url.password) throw bad("credentials in the address are not supported, use a token");
-  if (url.pathname !== "/" || url.search || url.hash) throw bad("a path, query or fragment is not allowed");
-  if (url.port === "0") throw bad("port 0 is not allowed");
-  const authority = rest.split(/[/?#]/, 1)[0];
-  const explicitPort = /:\d+$/.test(authority);
-  if (!scheme && !explicitPort) url.port = proto === "https" ? "8501" : "8500";
-  return url;
-}
-
-/** Milliseconds in a Go duration made of ms/s/m/h parts ("55s", "1m30s"); ConfigError otherwise. */
-export function parseDurationMs(text: string): number {
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
-  let total = 0;
-  let pos = 0;
-  while (pos < text.length) {
-    re.lastIndex = pos;
-    const m = re.exec(text);
-    if (!m) break;
-    total += Number(m[1]) * unit[m[2]];
-    pos = re.lastIndex;
-  }
-  if (text === "" || pos !== text.length) throw new ConfigError(`invalid wait duration "${text}"`);
-  return total;
-}
 
 /** URL-encode each "/"-separated segment; "." and ".." cannot be sent because URL parsers collapse them. */
 function encodePath(value: string, label: string, keepSlash: boolean): string {
@@ -163,49 +96,10 @@ function tlsHint(reason: string): string {
   return "check --ssl-ca-cert";
 }
 
-function decodeBase64(text: string): Uint8Array {
-  const bin = atob(text);
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
-}
-
 function malformed(path: string, err: unknown, status: number): ConsulError {
   return new ConsulError(`consul returned malformed JSON for GET ${path}: ${(err as Error).message}`, {
     cause: err,
     status,
-  });
-}
-
-function decodeKvPairs(body: unknown): KvPair[] {
-  if (body === null) return [];
-  if (!Array.isArray(body)) throw new TypeError("expected an array of KV entries");
-  return body.map((e): KvPair => {
-    if (typeof e?.Key !== "string") throw new TypeError("a KV entry has no Key");
-    if (e.Value !== null && e.Value !== undefined && typeof e.Value !== "string") {
-      throw new TypeError(`KV entry ${e.Key} has a non-string Value`);
-    }
-    const value = typeof e.Value === "string" ? decodeBase64(e.Value) : null;
-    return { key: e.Key, value, modifyIndex: Number(e.ModifyIndex) || 0, flags: Number(e.Flags) || 0 };
-  });
-}
-
-function decodeServiceEntries(body: unknown): CatalogServiceEntry[] {
-  if (!Array.isArray(body)) throw new TypeError("expected an array of service instances");
-  return body.map((e): CatalogServiceEntry => {
-    if (typeof e?.ServiceID !== "string" || typeof e?.Node !== "string") {
-      throw new TypeError("a service instance has no Node or ServiceID");
-    }
-    return {
-      node: e.Node,
-      address: String(e.Address ?? ""),
-      serviceId: e.ServiceID,
-      serviceName: String(e.ServiceName ?? ""),
-      serviceAddress: String(e.ServiceAddress ?? ""),
-      servicePort: Number(e.ServicePort) || 0,
-      serviceTags: Array.isArray(e.ServiceTags) ? e.ServiceTags.map(String) : [],
-      datacenter: typeof e.Datacenter === "string" ? e.Datacenter : undefined,
-    };
   });
 }
 
