@@ -163,6 +163,7 @@ function statusSource(d: StatusDeps): StatusSource {
         acls: s.acls,
         policy: s.policy,
         ruleCount: s.ruleCount,
+        mode: s.mode,
         hash: s.hash,
         lastApplied: s.lastApplied,
         lastError: s.lastError,

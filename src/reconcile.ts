@@ -256,7 +256,8 @@ export class Reconciler {
           hash: out.hash,
           ruleCount: out.ruleCount,
           savedHash: out.status === "unchanged" ? prev?.savedHash : out.savedHash,
-          mode: this.opts.applier.mode,
+          // "gate" stays until the daemon itself writes something.
+          mode: out.status === "unchanged" && prev ? prev.mode : this.opts.applier.mode,
           lastApplied: out.status === "unchanged" ? prev?.lastApplied : new Date().toISOString(),
           lastError: out.error,
           denied: out.status === "denied",

@@ -176,9 +176,12 @@ export interface RenderedRules {
 export const CLEAR_TEXT =
   "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
 
-/** SHA-256 of the rendered rules, for "has anything changed" checks. */
+/** SHA-256 of the rendered rules without comment lines, for "has anything changed" checks. */
 export async function rulesHash(rules: RenderedRules): Promise<string> {
-  const data = new TextEncoder().encode(`${rules.ipv4}\n--\n${rules.ipv6}`);
+  // Comments (container name, ACL names) say nothing iptables acts on: text that differs only there is
+  // the same rule set, so the gate's rules (rendered before Docker names the container) match the daemon's.
+  const strip = (t: string) => t.split("\n").filter((l) => !l.trimStart().startsWith("#")).join("\n");
+  const data = new TextEncoder().encode(`${strip(rules.ipv4)}\n--\n${strip(rules.ipv6)}`);
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
   return Array.from(digest.slice(0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
 }

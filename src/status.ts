@@ -18,6 +18,8 @@ export interface StatusReport {
     acls: string[];
     policy: string;
     ruleCount: number;
+    /** Who wrote the rules in place: nsenter, helper, or gate. */
+    mode?: string;
     hash?: string;
     lastApplied?: string;
     lastError?: string;

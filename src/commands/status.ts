@@ -20,7 +20,7 @@ export function formatStatus(r: StatusReport): string {
     rows.push([
       c.id.slice(0, 12),
       c.name,
-      c.denied ? "deny-all" : c.policy,
+      c.denied ? "deny-all" : c.mode === "gate" ? `${c.policy} (gate)` : c.policy,
       c.acls.join(",") || "-",
       String(c.ruleCount),
       c.hash?.slice(0, 12) ?? "-",

@@ -93,7 +93,12 @@ export async function gateStart(inp: GateStartInput): Promise<string | undefined
   } catch (err) {
     return refuse(inp.env, inp.id, `bad configuration: ${describeError(err)}`);
   }
-  const refuseOnFailure = inp.env.EGRESSTRATOR_GATE_ON_FAILURE === "refuse";
+  const onFailure = inp.env.EGRESSTRATOR_GATE_ON_FAILURE || "deny";
+  if (onFailure !== "deny" && onFailure !== "refuse") {
+    // A typo must not quietly pick one: refusing is the choice that never starts anything unfiltered.
+    return refuse(inp.env, inp.id, `EGRESSTRATOR_GATE_ON_FAILURE must be deny or refuse, not "${onFailure}"`);
+  }
+  const refuseOnFailure = onFailure === "refuse";
   const timeoutMs = parseDuration("EGRESSTRATOR_GATE_TIMEOUT", inp.env.EGRESSTRATOR_GATE_TIMEOUT || "3s");
   const errors: string[] = [];
   let rules: Rules | undefined;
