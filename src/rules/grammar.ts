@@ -177,13 +177,12 @@ export function parseRuleLine(raw: string): LineResult {
   };
 }
 
+// deno-lint-ignore no-control-regex
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f]/g;
+
 /** Control characters (C0, DEL, C1) as visible `\xNN` escapes, so text from a KV value cannot drive a terminal. */
 export function escapeControls(text: string): string {
-  // deno-lint-ignore no-control-regex
-  return text.replace(
-    /[\u0000-\u001f\u007f-\u009f]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
-  );
+  return text.replace(CONTROLS, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
 /** Make text safe and short for an error line: no control characters, at most 80 characters. */
