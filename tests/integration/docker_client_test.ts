@@ -55,7 +55,7 @@ Deno.test("list, inspect and resolve a running container", async () => {
     const info = await c.inspectContainer(id.slice(0, 12));
     assertEquals(
       [info.id, info.name, info.running, info.networkMode, info.image, info.restartCount],
-      [id, name, true, "bridge", BUSYBOX_IMAGE, 0],
+      [id, name, true, "none", BUSYBOX_IMAGE, 0],
     );
     ok(info.pid > 1, `pid ${info.pid}`);
     ok(info.env.includes("EGRESS_ACL=web"));

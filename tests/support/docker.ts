@@ -45,7 +45,7 @@ export interface RunOptions {
   image?: string;
   env?: string[];
   name?: string;
-  /** A network name, `none`, `host` or `container:<id>`; the default bridge when unset. */
+  /** A network name, `none`, `host` or `container:<id>`; `none` when unset (tests never rely on the default bridge). */
   network?: string;
   labels?: Record<string, string>;
   capAdd?: string[];
@@ -68,7 +68,7 @@ export async function runContainer(opts: RunOptions): Promise<{ id: string; name
         Cmd: opts.cmd,
         Env: opts.env ?? [],
         Labels: { ...opts.labels, [TEST_LABEL]: opts.runId ?? RUN_ID },
-        HostConfig: { NetworkMode: opts.network ?? "bridge", CapAdd: opts.capAdd ?? [], ...opts.hostConfig },
+        HostConfig: { NetworkMode: opts.network ?? "none", CapAdd: opts.capAdd ?? [], ...opts.hostConfig },
       },
     });
     await c.startContainer(Id);
