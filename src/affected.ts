@@ -3,6 +3,7 @@ import type { RuleChange } from "./live.ts";
 import type { AclSnapshot } from "./rules/acl_source.ts";
 import { serviceKey } from "./services.ts";
 import type { Policy } from "./config.ts";
+import { usesKey } from "./plan.ts";
 
 /** What the decision needs to know of a container. */
 export interface Enforced {
@@ -13,9 +14,8 @@ export interface Enforced {
   unsettled: boolean;
 }
 
-/** Keys whose destinations end up in a container's rules under its policy. */
-function usesKey(c: Enforced, key: string): boolean {
-  return c.policy === "protect" ? !c.acls.includes(key) : c.acls.includes(key);
+function uses(c: Enforced, key: string): boolean {
+  return usesKey(c.policy, c.acls, key);
 }
 
 /** Containers whose rendered text may differ after `change`. */
@@ -23,9 +23,9 @@ export function affectedBy(change: RuleChange, containers: Iterable<Enforced>): 
   const out: string[] = [];
   for (const c of containers) {
     const hit = c.unsettled ||
-      [...change.changed].some((k) => usesKey(c, k)) ||
+      [...change.changed].some((k) => uses(c, k)) ||
       // A key that comes or goes also changes the comments (allowed/missing) of a container listing it.
-      [...change.addedOrRemoved].some((k) => usesKey(c, k) || c.acls.includes(k));
+      [...change.addedOrRemoved].some((k) => uses(c, k) || c.acls.includes(k));
     if (hit) out.push(c.id);
   }
   return out;
@@ -36,7 +36,7 @@ export function neededServices(snapshot: AclSnapshot, containers: Iterable<Enfor
   const list = [...containers];
   const out = new Set<string>();
   for (const e of snapshot.entries) {
-    if (!list.some((c) => c.unsettled || usesKey(c, e.key))) continue;
+    if (!list.some((c) => c.unsettled || uses(c, e.key))) continue;
     for (const r of e.rules) if (r.kind === "service") out.add(serviceKey(r));
   }
   return out;

@@ -73,7 +73,7 @@ export async function startDaemon(
         keys: [...change.changed, ...change.addedOrRemoved].join(","),
         containers: n,
       });
-      void pruneWatches();
+      pruneWatches();
     },
   });
   const reconciler: Reconciler = new Reconciler({
@@ -87,9 +87,9 @@ export async function startDaemon(
     signal: hardStop,
     metrics,
   });
-  const pruneWatches = async () => {
-    const data = await rules.get(signal).catch(() => undefined);
-    if (data) rules.prune(neededServices(data.snapshot, reconciler.enforced()));
+  const pruneWatches = () => {
+    const snapshot = rules.current();
+    if (snapshot) rules.prune(neededServices(snapshot, reconciler.enforced()));
   };
   log.info("egresstrator starting", {
     version: VERSION,
@@ -105,7 +105,7 @@ export async function startDaemon(
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
   rules.start();
   const resync = config.resyncIntervalMs > 0
-    ? setInterval(() => void reconciler.resync().then(() => pruneWatches()), config.resyncIntervalMs)
+    ? setInterval(() => void reconciler.resync().then(pruneWatches), config.resyncIntervalMs)
     : undefined;
 
   const reload = async () => {

@@ -119,7 +119,7 @@ export async function buildRules(
   want: RulesWant,
   signal: AbortSignal,
 ): Promise<BuiltRules> {
-  const data = await deps.rules.get(signal);
+  const data = await deps.rules.get(signal, { acls: want.acls, policy: want.policy });
   const plan = buildPlan({
     ...data,
     acls: want.acls,

@@ -8,7 +8,8 @@ import { ConsulAclSource } from "./rules/acl_source.ts";
 import type { ConsulClient } from "./consul/client.ts";
 import { watch } from "./consul/watch.ts";
 import { serviceKey, type ServiceLookup, toInstances } from "./services.ts";
-import { serviceRulesOf } from "./plan.ts";
+import { serviceRulesOf, usesKey } from "./plan.ts";
+import type { Policy } from "./config.ts";
 import type { ServiceRule } from "./rules/grammar.ts";
 import { keyProblems, type RuleData, type RuleProvider } from "./rule_cache.ts";
 import type { Logger } from "./log.ts";
@@ -230,6 +231,11 @@ export class LiveRules implements RuleProvider {
     this.updateGauge();
   }
 
+  /** The last snapshot seen, without starting any watch (for pruning). */
+  current(): AclSnapshot | undefined {
+    return this.snapshot;
+  }
+
   /** Open watches: one for the prefix plus one per service. */
   watchCount(): number {
     return (this.firstKv ? 1 : 0) + this.services.size;
@@ -240,11 +246,13 @@ export class LiveRules implements RuleProvider {
   }
 
   /** Current data; waits for the first answers. Throws when no ACL data could be had at all. */
-  async get(signal?: AbortSignal): Promise<RuleData> {
+  async get(signal?: AbortSignal, want?: { acls: string[]; policy: Policy }): Promise<RuleData> {
     await this.firstKv;
     if (!this.snapshot) this.snapshot = await this.opts.source.read(signal); // watch failing: a direct read
     const snapshot = this.snapshot;
-    if (this.opts.consul) await Promise.all(serviceRulesOf(snapshot).map((r) => this.ensureService(r)));
+    // Only the services this plan renders: watches for the rest would be pruned and re-created in turn.
+    const keep = want ? (key: string) => usesKey(want.policy, want.acls, key) : undefined;
+    if (this.opts.consul) await Promise.all(serviceRulesOf(snapshot, keep).map((r) => this.ensureService(r)));
     this.reportProblems();
     return { snapshot, services: this.lookups(), hasCatalog: this.opts.source.hasCatalog, at: Date.now() };
   }

@@ -60,6 +60,8 @@ export interface PlanInput {
   container?: ContainerRef;
   /** False for `--acl-dir`: service rules are problems there. */
   hasCatalog: boolean;
+  /** Report-only plans: services not looked up yet are skipped, not errors. */
+  skipUnlooked?: boolean;
 }
 
 /** Split a comma list like EGRESSTRATOR_ACL: trimmed, empty entries dropped, duplicates removed. */
@@ -95,7 +97,18 @@ function instanceDestination(rule: Rule, inst: { node: string; address: string; 
   return d;
 }
 
-function destinationsOf(rules: Rule[], input: PlanInput, problems: RuleProblem[], unresolved: Set<string>) {
+/** Whether a key's destinations end up in the rules: protect rejects unlisted keys, allowlist accepts listed. */
+export function usesKey(policy: Policy, acls: readonly string[], key: string): boolean {
+  return policy === "protect" ? !acls.includes(key) : acls.includes(key);
+}
+
+function destinationsOf(
+  rules: Rule[],
+  input: PlanInput,
+  problems: RuleProblem[],
+  unresolved: Set<string>,
+  used: boolean,
+) {
   const out: Destination[] = [];
   for (const rule of rules) {
     const where = { key: rule.key, line: rule.line, text: formatRule(rule) };
@@ -118,6 +131,9 @@ function destinationsOf(rules: Rule[], input: PlanInput, problems: RuleProblem[]
       continue;
     }
     const found = input.services.get(serviceKey(rule));
+    // A key whose destinations this policy does not render needs no lookup; a used one must have one.
+    if (!found && (!used || input.skipUnlooked)) continue;
+    if (found && !found.ok && !used) continue;
     if (!found || !found.ok) {
       const why = found ? found.error : "service was not looked up";
       unresolved.add(serviceKey(rule));
@@ -169,7 +185,13 @@ export function buildPlan(input: PlanInput): RulePlan {
     problems.push(...entry.problems);
     const planned = {
       key: entry.key,
-      destinations: destinationsOf(entry.rules, input, problems, unresolved),
+      destinations: destinationsOf(
+        entry.rules,
+        input,
+        problems,
+        unresolved,
+        usesKey(input.policy, input.acls, entry.key),
+      ),
     };
     (wanted.has(entry.key) ? allowed : protectedAcls).push(planned);
   }
@@ -197,8 +219,10 @@ export function buildPlan(input: PlanInput): RulePlan {
 }
 
 /** The service rules a snapshot references (what must be looked up before planning). */
-export function serviceRulesOf(snapshot: AclSnapshot) {
-  return snapshot.entries.flatMap((e) => e.rules).filter((r) => r.kind === "service");
+export function serviceRulesOf(snapshot: AclSnapshot, keep: (key: string) => boolean = () => true) {
+  return snapshot.entries.filter((e) => keep(e.key)).flatMap((e) => e.rules).filter((r) =>
+    r.kind === "service"
+  );
 }
 
 /** Config values the planner uses. */

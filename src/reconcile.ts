@@ -125,6 +125,8 @@ export class Reconciler {
   /** Mark the containers a rule change can touch; returns how many. */
   markAffected(change: RuleChange): number {
     const ids = affectedBy(change, this.enforced());
+    // A first apply in flight has no state yet but may have read the old data: check it again after.
+    for (const id of this.inFlight) if (!this.states.has(id)) ids.push(id);
     ids.forEach((id) => this.mark(id));
     return ids.length;
   }

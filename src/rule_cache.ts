@@ -6,6 +6,7 @@ import type { AclSnapshot, AclSource } from "./rules/acl_source.ts";
 import { type CatalogReader, resolveServices, type ServiceLookup } from "./services.ts";
 import { buildPlan, serviceRulesOf } from "./plan.ts";
 import { formatProblem } from "./rules/grammar.ts";
+import type { Policy } from "./config.ts";
 
 /** ACLs plus resolved services at one moment. */
 export interface RuleData {
@@ -18,7 +19,8 @@ export interface RuleData {
 
 /** Anything that hands out current rule data (the cache for one-shot commands, live watches in the daemon). */
 export interface RuleProvider {
-  get(signal?: AbortSignal): Promise<RuleData>;
+  /** `want`: the list and policy the data is for, so only services that plan renders must be resolved. */
+  get(signal?: AbortSignal, want?: { acls: string[]; policy: Policy }): Promise<RuleData>;
   invalidate(): void;
 }
 
@@ -65,7 +67,7 @@ export class RuleCache implements RuleProvider {
 
 /** Problems with the keys themselves, whoever uses them: bad lines, bad names, service trouble. */
 export function keyProblems(data: Omit<RuleData, "at">): string[] {
-  const plan = buildPlan({ ...data, acls: [], policy: "protect", dnsResolvers: [] });
+  const plan = buildPlan({ ...data, acls: [], policy: "protect", dnsResolvers: [], skipUnlooked: true });
   const lines = plan.problems.map(formatProblem);
   // Consul answers 404 both for an empty prefix and for a token without read rights on it.
   if (data.snapshot.entries.length === 0 && data.snapshot.problems.length === 0) {

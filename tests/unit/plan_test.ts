@@ -167,7 +167,8 @@ Deno.test("plan: services resolve to their instances", () => {
     ["empty", { ok: true, instances: [] }],
     ["broken", { ok: false, error: "consul at http://127.0.0.1:8500 answered 500: boom" }],
   ]);
-  const plan = buildPlan(input({ snapshot, acls: ["svc"], services }));
+  // allowlist + listed: the key's destinations are rendered, so every lookup matters.
+  const plan = buildPlan(input({ snapshot, acls: ["svc"], services, policy: "allowlist" }));
   assert.deepEqual(plan.allowed, [{
     key: "svc",
     destinations: [
@@ -192,6 +193,14 @@ Deno.test("plan: services resolve to their instances", () => {
     ["broken", undefined, undefined],
     ["unlooked", undefined, undefined],
   ]);
+  // protect + listed: the key renders nothing, so failed or missing lookups are no reason to fail.
+  const unused = buildPlan(input({ snapshot, acls: ["svc"], services }));
+  assert.deepEqual(unused.unresolved, []);
+  assert.ok(!unused.problems.some((p) => /lookup failed/.test(p.reason)));
+  // A report-only plan skips services not looked up yet, but not failed lookups.
+  const report = buildPlan(input({ snapshot, services, skipUnlooked: true }));
+  assert.deepEqual(report.unresolved, ["broken"]);
+  assert.deepEqual(serviceRulesOf(snapshot, (k) => k !== "svc"), []);
 });
 
 Deno.test("plan: bad instance ports are skipped", () => {
