@@ -141,12 +141,12 @@ Deno.test("helper lifecycle: create in a container's netns, start, wait, logs, r
 });
 
 Deno.test("waitContainer outlives the request timeout (only the headers are timed)", async () => {
-  const c = docker({ timeoutMs: 300 });
+  const c = docker({ timeoutMs: 1000 });
   try {
-    const { id } = await runContainer({ cmd: ["sh", "-c", "sleep 1; exit 7"] });
+    const { id } = await runContainer({ cmd: ["sh", "-c", "sleep 2; exit 7"] });
     const t0 = Date.now();
     strictEqual(await c.waitContainer(id, AbortSignal.timeout(20_000)), 7);
-    ok(Date.now() - t0 > 500, "the wait really waited");
+    ok(Date.now() - t0 > 1200, "the wait really waited past the request timeout");
   } finally {
     c.close();
     await removeAllTestObjects();
