@@ -39,7 +39,8 @@ const DESCRIPTION = `Set egress rules in network namespaces.
 Enable egresstrator with EGRESSTRATOR_ENABLE=1 in your container.
 Specify egress rules with EGRESSTRATOR_ACL=myservice,otherservice
 
-With no command, runs the daemon: follows Docker's events and applies rules to every opted-in container.`;
+With no command, runs the daemon: follows Docker's events and applies rules to every opted-in container.
+As dockerd's OCI runtime, 'egresstrator runtime <runc args>' enforces before a container's first instruction (see runtime-config and the README).`;
 
 function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
   const program = new Command("egresstrator")
