@@ -77,24 +77,33 @@ export async function runContainer(opts: RunOptions): Promise<{ id: string; name
 }
 
 /** Create a labelled bridge network; its id. With `ipv6`, give `subnet6` too (Docker wants one). */
+/** The `POST /networks/create` body of a labelled test bridge network (shared by every test dockerd helper). */
+export function networkBody(
+  name: string,
+  opts: { subnets: string[]; ipv6?: boolean; bridge?: string; runId?: string },
+): Record<string, unknown> {
+  return {
+    Name: name,
+    Driver: "bridge",
+    CheckDuplicate: true,
+    EnableIPv6: opts.ipv6 === true,
+    IPAM: { Driver: "default", Config: opts.subnets.map((Subnet) => ({ Subnet })) },
+    ...(opts.bridge ? { Options: { "com.docker.network.bridge.name": opts.bridge } } : {}),
+    Labels: { [TEST_LABEL]: opts.runId ?? RUN_ID },
+  };
+}
+
 export async function createNetwork(
   name: string,
   opts: { ipv6?: boolean; subnet?: string; subnet6?: string; runId?: string } = {},
 ): Promise<string> {
-  const config = [opts.subnet, opts.subnet6].filter((s): s is string => !!s).map((Subnet) => ({ Subnet }));
+  const subnets = [opts.subnet, opts.subnet6].filter((s): s is string => !!s);
   return await withDocker(async (c) => {
     const { Id } = await c.rawJson<{ Id: string }>({
       what: `create test network ${name}`,
       method: "POST",
       path: "/networks/create",
-      body: {
-        Name: name,
-        Driver: "bridge",
-        CheckDuplicate: true,
-        EnableIPv6: opts.ipv6 === true,
-        IPAM: { Driver: "default", Config: config },
-        Labels: { [TEST_LABEL]: opts.runId ?? RUN_ID },
-      },
+      body: networkBody(name, { subnets, ipv6: opts.ipv6, runId: opts.runId }),
     });
     return Id;
   });

@@ -11,7 +11,7 @@
  * only lets the network's own containers talk to each other. stop() deletes it.
  */
 import { DockerClient } from "../../src/docker/client.ts";
-import { BUSYBOX_IMAGE, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
+import { BUSYBOX_IMAGE, networkBody, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
 
 /** Options of {@link startPrivateDockerd}. */
 export interface PrivateDockerdOptions {
@@ -353,14 +353,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
           what: `create network ${name}`,
           method: "POST",
           path: "/networks/create",
-          body: {
-            Name: name,
-            Driver: "bridge",
-            CheckDuplicate: true,
-            IPAM: { Driver: "default", Config: [{ Subnet: subnet }] },
-            Options: { "com.docker.network.bridge.name": bridge },
-            Labels: { [TEST_LABEL]: RUN_ID },
-          },
+          body: networkBody(name, { subnets: [subnet], bridge }),
           allow: [400, 403, 409],
         });
         const body = await res.json() as { Id?: string; message?: string };

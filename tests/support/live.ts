@@ -10,7 +10,7 @@
 import { fetchStatus, type StatusReport } from "../../src/status.ts";
 import { type ConsulAgent, startConsul } from "./consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
-import { RUN_ID, TEST_LABEL, testName } from "./docker.ts";
+import { networkBody, RUN_ID, testName } from "./docker.ts";
 import { type DaemonProc, type LogEntry, startDaemon } from "./egresstrator.ts";
 
 export const HELPER_IMAGE = "egresstrator-test/helper:1";
@@ -306,15 +306,11 @@ export async function createDualStackNetwork(d: PrivateDockerd): Promise<DualSta
         what: `create network ${name}`,
         method: "POST",
         path: "/networks/create",
-        body: {
-          Name: name,
-          Driver: "bridge",
-          CheckDuplicate: true,
-          EnableIPv6: true,
-          IPAM: { Driver: "default", Config: [{ Subnet: subnet4 }, { Subnet: subnet6 }] },
-          Options: { "com.docker.network.bridge.name": `egt6${crypto.randomUUID().slice(0, 8)}` },
-          Labels: { [TEST_LABEL]: RUN_ID },
-        },
+        body: networkBody(name, {
+          subnets: [subnet4, subnet6],
+          ipv6: true,
+          bridge: `egt6${crypto.randomUUID().slice(0, 8)}`,
+        }),
         allow: [400, 403, 409],
       });
       const body = await res.json() as { Id?: string; message?: string };
