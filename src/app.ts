@@ -2,14 +2,13 @@
  * Wiring: builds the clients, the ACL source and the renderer a command needs from a Config.
  * The only place (besides main.ts and cli.ts) that knows how the parts fit together.
  */
-import type { Config } from "./config.ts";
+import type { Config, Policy } from "./config.ts";
 import { ConfigError } from "./errors.ts";
 import { ConsulClient } from "./consul/client.ts";
 import { type AclSnapshot, type AclSource, ConsulAclSource, DirAclSource } from "./rules/acl_source.ts";
 import { loadTemplates, Renderer } from "./render.ts";
-import { resolveServices, type ServiceLookup } from "./services.ts";
-import { buildPlan, type ContainerRef, type RulePlan, serviceRulesOf } from "./plan.ts";
-import type { Policy } from "./config.ts";
+import { RuleCache } from "./rule_cache.ts";
+import { buildPlan, type ContainerRef, type RulePlan } from "./plan.ts";
 import { VERSION } from "./version.ts";
 
 async function readPem(what: string, path?: string): Promise<string | undefined> {
@@ -77,9 +76,7 @@ export async function planFor(
   want: { acls: string[]; container?: ContainerRef; policy?: Policy },
   signal?: AbortSignal,
 ): Promise<{ plan: RulePlan; snapshot: AclSnapshot }> {
-  const snapshot = await ctx.source.read(signal);
-  let services = new Map<string, ServiceLookup>();
-  if (ctx.consul) services = await resolveServices(ctx.consul, serviceRulesOf(snapshot), signal);
+  const { snapshot, services } = await new RuleCache(ctx.source, ctx.consul).get(signal);
   const plan = buildPlan({
     snapshot,
     acls: want.acls,

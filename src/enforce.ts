@@ -48,11 +48,9 @@ export type EnforceOutcome =
 
 /** Thrown when the rules could not be built or applied; `notes` carry ACL problems found on the way. */
 export class EnforceFailure extends Error {
-  constructor(message: string, readonly notes: string[], opts: { cause?: unknown; transient: boolean }) {
+  constructor(message: string, readonly notes: string[], opts: { cause?: unknown } = {}) {
     super(message, { cause: opts.cause });
-    this.transient = opts.transient;
   }
-  readonly transient: boolean;
 }
 
 /** Count the rules a text adds (lines starting with -A), both families. */
@@ -154,12 +152,11 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
     if (req.previousHash || deps.config.onError !== "deny") {
       throw new EnforceFailure(`rules for ${info.name} could not be built: ${why}`, notes, {
         cause: err,
-        transient: true,
       });
     }
     const rendered = deps.renderer().renderAll(denyPlan(deps.config, info));
     const { hash, saved } = await applyIfChanged(deps, req, rendered).catch((e) => {
-      throw new EnforceFailure(describeError(e), notes, { cause: e, transient: true });
+      throw new EnforceFailure(describeError(e), notes, { cause: e });
     });
     const ruleCount = countRules(rendered);
     return {
@@ -187,6 +184,6 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
     };
   } catch (err) {
     req.signal.throwIfAborted();
-    throw new EnforceFailure(describeError(err), notes, { cause: err, transient: true });
+    throw new EnforceFailure(describeError(err), notes, { cause: err });
   }
 }

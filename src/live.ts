@@ -203,14 +203,20 @@ export class LiveRules implements RuleProvider {
         const before = JSON.stringify(w.lookup);
         w.lookup = { ok: true, instances: toInstances(data) };
         resolveReady();
-        if (before !== undefined && before !== JSON.stringify(w.lookup) && this.snapshot) {
+        if (before === JSON.stringify(w.lookup)) return;
+        // Problems are worked out when the data changes, not on every read (reads are per container).
+        this.reportProblems();
+        if (before !== undefined && this.snapshot) {
           this.queue({ changed: keysNaming(this.snapshot, key), addedOrRemoved: new Set() });
         }
       },
       onError: (err, attempt) => {
         this.watchError(`service ${key}`, err, attempt);
         // Keep the last good answer; with none, record the failure so plans know they are incomplete.
-        if (!w.lookup || !w.lookup.ok) w.lookup = { ok: false, error: describeError(err) };
+        if (!w.lookup || !w.lookup.ok) {
+          w.lookup = { ok: false, error: describeError(err) };
+          this.reportProblems();
+        }
         resolveReady();
       },
       signal: AbortSignal.any([this.opts.signal, stop.signal]),
@@ -248,15 +254,15 @@ export class LiveRules implements RuleProvider {
   /** Current data; waits for the first answers. Throws when no ACL data could be had at all. */
   async get(signal?: AbortSignal, want?: { acls: string[]; policy: Policy }): Promise<RuleData> {
     await this.firstKv;
-    if (!this.snapshot) this.snapshot = await this.opts.source.read(signal); // watch failing: a direct read
+    if (!this.snapshot) {
+      // The watch is failing: a direct read.
+      this.snapshot = await this.opts.source.read(signal);
+      this.reportProblems();
+    }
     const snapshot = this.snapshot;
     // Only the services this plan renders: watches for the rest would be pruned and re-created in turn.
     const keep = want ? (key: string) => usesKey(want.policy, want.acls, key) : undefined;
     if (this.opts.consul) await Promise.all(serviceRulesOf(snapshot, keep).map((r) => this.ensureService(r)));
-    this.reportProblems();
     return { snapshot, services: this.lookups(), hasCatalog: this.opts.source.hasCatalog, at: Date.now() };
   }
-
-  /** Forget nothing, but re-read on the next watch answer (SIGHUP). */
-  invalidate(): void {}
 }

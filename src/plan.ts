@@ -2,7 +2,7 @@
  * The plan (pure): from all ACL keys, a container's ACL list, resolved services and the policy, work
  * out which destinations are allowed and which are protected. Rendering turns the plan into text.
  */
-import type { Config, Policy } from "./config.ts";
+import type { Policy } from "./config.ts";
 import type { Family, PortRange, Proto, Rule, RuleProblem } from "./rules/grammar.ts";
 import { displayText, formatRule } from "./rules/grammar.ts";
 import type { AclSnapshot } from "./rules/acl_source.ts";
@@ -224,6 +224,3 @@ export function serviceRulesOf(snapshot: AclSnapshot, keep: (key: string) => boo
     r.kind === "service"
   );
 }
-
-/** Config values the planner uses. */
-export type PlanConfig = Pick<Config, "policy" | "dnsResolvers">;

@@ -21,7 +21,6 @@ export interface RuleData {
 export interface RuleProvider {
   /** `want`: the list and policy the data is for, so only services that plan renders must be resolved. */
   get(signal?: AbortSignal, want?: { acls: string[]; policy: Policy }): Promise<RuleData>;
-  invalidate(): void;
 }
 
 /** Reads and caches {@link RuleData}. */
@@ -43,11 +42,6 @@ export class RuleCache implements RuleProvider {
     if (this.current && this.now() - this.current.at < this.maxAgeMs) return Promise.resolve(this.current);
     this.inflight ??= this.load(signal).finally(() => (this.inflight = undefined));
     return this.inflight;
-  }
-
-  /** Forget the cached data (a change was seen, or SIGHUP). */
-  invalidate(): void {
-    this.current = undefined;
   }
 
   private async load(signal?: AbortSignal): Promise<RuleData> {

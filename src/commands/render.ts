@@ -21,8 +21,8 @@ export interface RenderOptions {
   container?: string;
 }
 
-/** Print problems and an empty-prefix note on stderr (shared by render and set). */
-export function reportProblems(out: Out, plan: RulePlan, snapshot: AclSnapshot, source: AclSource): void {
+/** Print problems and an empty-prefix note on stderr. */
+function reportProblems(out: Out, plan: RulePlan, snapshot: AclSnapshot, source: AclSource): void {
   if (snapshot.entries.length === 0 && snapshot.problems.length === 0) {
     out.stderr(`warning: ${source.description} holds no ACL keys (empty or missing prefix)\n`);
   }

@@ -9,7 +9,7 @@ import { containerIntent } from "../intent.ts";
 import { fetchStatus } from "../status.ts";
 import { openRuleContext } from "../app.ts";
 import { RuleCache } from "../rule_cache.ts";
-import { buildRules, denyPlan, savedHash } from "../enforce.ts";
+import { buildRules, countRules, denyPlan, savedHash } from "../enforce.ts";
 import { loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render.ts";
 import { NsenterApplier } from "../apply/nsenter.ts";
 import { denoRunner } from "../apply/applier.ts";
@@ -64,8 +64,13 @@ async function denyRules(config: Config, id: string): Promise<Rules> {
   // Built-in templates only: the fail-closed set must not depend on a custom template working.
   const renderer = new Renderer(await loadTemplates(), VERSION);
   const rendered = renderer.renderAll(denyPlan(config, { id, name: id.slice(0, 12) } as ContainerInfo));
-  const ruleCount = (rendered.ipv4 + rendered.ipv6).split("\n").filter((l) => l.startsWith("-A ")).length;
-  return { rendered, hash: await rulesHash(rendered), acls: [], policy: "allowlist", ruleCount };
+  return {
+    rendered,
+    hash: await rulesHash(rendered),
+    acls: [],
+    policy: "allowlist",
+    ruleCount: countRules(rendered),
+  };
 }
 
 function gateLog(env: GateStartInput["env"], fields: Record<string, unknown>): void {

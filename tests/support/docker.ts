@@ -115,25 +115,31 @@ export async function createNetwork(
  */
 export async function removeAllTestObjects(runId: string = RUN_ID): Promise<void> {
   const label = runId === "*" ? TEST_LABEL : `${TEST_LABEL}=${runId}`;
-  const filters = JSON.stringify({ label: [label] });
-  await withDocker(async (c) => {
-    const containers = await c.listContainers({ all: true, filters: { label: [label] } });
-    await Promise.all(containers.map((ct) => c.removeContainer(ct.id, { force: true })));
-    const networks = await c.rawJson<{ Id: string }[]>({
-      what: "list test networks",
-      path: "/networks",
-      query: { filters },
-    });
-    for (const n of networks ?? []) {
-      const res = await c.raw({
-        what: `remove network ${n.Id}`,
-        method: "DELETE",
-        path: `/networks/${n.Id}`,
-        allow: [404],
-      });
-      await res.body?.cancel();
-    }
+  await withDocker((c) => removeObjects(c, { containers: label, networks: label }));
+}
+
+/**
+ * On one dockerd: force-remove containers (those with `containers` as a label filter, or all), then the
+ * networks with the `networks` label filter. Shared by the main dockerd's and the private dockerds' cleanup.
+ */
+export async function removeObjects(c: DockerClient, sel: { containers: string | "all"; networks: string }) {
+  const filters = sel.containers === "all" ? undefined : { label: [sel.containers] };
+  const containers = await c.listContainers({ all: true, filters });
+  await Promise.all(containers.map((ct) => c.removeContainer(ct.id, { force: true }).catch(() => {})));
+  const networks = await c.rawJson<{ Id: string }[]>({
+    what: "list test networks",
+    path: "/networks",
+    query: { filters: JSON.stringify({ label: [sel.networks] }) },
   });
+  for (const n of networks ?? []) {
+    const res = await c.raw({
+      what: `remove network ${n.Id}`,
+      method: "DELETE",
+      path: `/networks/${n.Id}`,
+      allow: [404],
+    });
+    await res.body?.cancel();
+  }
 }
 
 /** Run a command in a running container through the exec API; its exit code and output. */

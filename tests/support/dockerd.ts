@@ -11,7 +11,7 @@
  * only lets the network's own containers talk to each other. stop() deletes it.
  */
 import { DockerClient } from "../../src/docker/client.ts";
-import { BUSYBOX_IMAGE, networkBody, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
+import { BUSYBOX_IMAGE, networkBody, removeObjects, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
 
 /** Options of {@link startPrivateDockerd}. */
 export interface PrivateDockerdOptions {
@@ -273,22 +273,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
   const removeAll = async () => {
     const c = client();
     try {
-      const list = await c.listContainers({ all: true });
-      await Promise.all(list.map((ct) => c.removeContainer(ct.id, { force: true }).catch(() => {})));
-      const nets = await c.rawJson<{ Id: string; Name: string }[]>({
-        what: "list networks",
-        path: "/networks",
-        query: { filters: JSON.stringify({ label: [TEST_LABEL] }) },
-      });
-      for (const n of nets ?? []) {
-        const res = await c.raw({
-          what: `remove network ${n.Name}`,
-          method: "DELETE",
-          path: `/networks/${n.Id}`,
-          allow: [404],
-        });
-        await res.body?.cancel();
-      }
+      await removeObjects(c, { containers: "all", networks: TEST_LABEL });
     } finally {
       c.close();
     }

@@ -65,7 +65,6 @@ class FakeRules implements RuleProvider {
       ? Promise.reject(new Error("consul at http://127.0.0.1:8500 is unreachable"))
       : Promise.resolve(this.data);
   }
-  invalidate() {}
 }
 
 function setup(containers: ContainerInfo[], opts: { onError?: "deny" | "skip"; concurrency?: number } = {}) {
