@@ -6,7 +6,7 @@
  * OCI runtime gate; that path loads none of the CLI, so passing calls on to runc stays cheap.
  */
 import { AppError, describeError } from "./src/errors.ts";
-import { processOut } from "./src/commands/io.ts";
+import { processOut } from "./src/cli/commands/io.ts";
 
 function isRuntime(): boolean {
   const exe = Deno.execPath().split("/").pop() ?? "";
@@ -20,7 +20,7 @@ async function gate(): Promise<number> {
 }
 
 async function cli(): Promise<number> {
-  const { runCli } = await import("./src/cli.ts");
+  const { runCli } = await import("./src/cli/program.ts");
   const shutdown = new AbortController();
   const stop = () => shutdown.abort(new Error("interrupted"));
   for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, stop);

@@ -1,6 +1,6 @@
-// Prints the README's global-options table from the option table in src/options_table.ts.
+// Prints the README's global-options table from the option table in src/config/options_table.ts.
 // deno run scripts/options_md.ts   (tests/unit/readme_test.ts checks the README matches it)
-import { GLOBAL_OPTIONS } from "../src/options_table.ts";
+import { GLOBAL_OPTIONS } from "../src/config/options_table.ts";
 
 export function optionsMarkdown(): string {
   const rows = GLOBAL_OPTIONS.map((o) => {

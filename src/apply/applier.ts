@@ -1,6 +1,6 @@
 /** How rules get into a container's network namespace. Everything before this is shared by all modes. */
-import type { RenderedRules } from "../render.ts";
-import type { ApplyMode } from "../config.ts";
+import type { RenderedRules } from "../render/renderer.ts";
+import type { ApplyMode } from "../config/config.ts";
 
 /** The container to act on. `pid` is its init process as the host sees it (0 when unknown). */
 export interface ApplyTarget {

@@ -5,7 +5,7 @@
  */
 import type { Applier, ApplyTarget } from "./applier.ts";
 import { applyPayload, READ_SCRIPT, splitRead } from "./applier.ts";
-import type { RenderedRules } from "../render.ts";
+import type { RenderedRules } from "../render/renderer.ts";
 import { ApplyError, describeError, DockerError } from "../errors.ts";
 import type { CreateHelperSpec } from "../docker/types.ts";
 import type { Logger } from "../log.ts";

@@ -1,5 +1,5 @@
 /** Pick the applier a Config asks for. */
-import type { Config } from "../config.ts";
+import type { Config } from "../config/config.ts";
 import type { Logger } from "../log.ts";
 import type { Applier } from "./applier.ts";
 import { denoRunner } from "./applier.ts";

@@ -1,7 +1,7 @@
 /** Apply with `nsenter --net=/proc/<pid>/ns/net` and the host's iptables-restore. Needs root and host PID ns. */
 import type { Applier, ApplyTarget, CommandRunner } from "./applier.ts";
 import { applyPayload, READ_SCRIPT, splitRead } from "./applier.ts";
-import type { RenderedRules } from "../render.ts";
+import type { RenderedRules } from "../render/renderer.ts";
 import { ApplyError } from "../errors.ts";
 
 function hint(stderr: string): string {

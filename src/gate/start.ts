@@ -3,14 +3,14 @@
  * directly), or fail closed (deny-all) or refuse the start, as configured; apply them with nsenter into
  * the created namespace; tell the daemon so it does not apply them again.
  */
-import { buildConfig, type Config, parseDuration } from "../config.ts";
-import { rawFromEnv } from "../options_table.ts";
-import { containerIntent } from "../intent.ts";
-import { fetchStatus } from "../status.ts";
-import { openRuleContext } from "../app.ts";
-import { RuleCache } from "../rule_cache.ts";
-import { buildRules, countRules, denyPlan, savedHash } from "../enforce.ts";
-import { loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render.ts";
+import { buildConfig, type Config, parseDuration } from "../config/config.ts";
+import { rawFromEnv } from "../config/options_table.ts";
+import { containerIntent } from "../rules/intent.ts";
+import { fetchStatus } from "../daemon/status_server.ts";
+import { openRuleContext } from "../context.ts";
+import { RuleCache } from "../rules/rule_cache.ts";
+import { buildRules, countRules, denyPlan, savedHash } from "../apply/enforce.ts";
+import { loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
 import { NsenterApplier } from "../apply/nsenter.ts";
 import { denoRunner } from "../apply/applier.ts";
 import { describeError } from "../errors.ts";

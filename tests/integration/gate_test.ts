@@ -20,7 +20,7 @@ import {
   waitFor,
 } from "../support/egresstrator.ts";
 import { BUSYBOX_IMAGE, requireImage, RUN_ID, TEST_LABEL } from "../support/docker.ts";
-import { fetchStatus } from "../../src/status.ts";
+import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 await requireImage(BUSYBOX_IMAGE);
 

@@ -4,7 +4,7 @@
  * Downloads come from a local `Deno.serve` laid out like a release (`v<version>/egresstrator-<os>-<arch>`).
  */
 import assert from "node:assert/strict";
-import { GLOBAL_OPTIONS } from "../../src/options_table.ts";
+import { GLOBAL_OPTIONS } from "../../src/config/options_table.ts";
 import { VERSION } from "../../src/version.ts";
 
 const ROOT = decodeURIComponent(new URL("../../", import.meta.url).pathname).replace(/\/$/, "");

@@ -37,7 +37,7 @@ import {
   timeUntil,
   withLive,
 } from "../support/live.ts";
-import { fetchStatus } from "../../src/status.ts";
+import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 /** What "within 2 s" means below: from the write's return to the rules read back from the namespace. */
 const PROPAGATION_MS = 2000;

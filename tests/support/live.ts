@@ -7,7 +7,7 @@
  * The daemon enforces every opted-in container of the dockerd it follows, so it always follows a PRIVATE
  * dockerd here: on the shared one it would rewrite other tests' containers (and their daemons ours).
  */
-import { fetchStatus, type StatusReport } from "../../src/status.ts";
+import { fetchStatus, type StatusReport } from "../../src/daemon/status_server.ts";
 import { type ConsulAgent, startConsul } from "./consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
 import { networkBody, RUN_ID, testName } from "./docker.ts";

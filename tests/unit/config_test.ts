@@ -7,7 +7,7 @@ import {
   parseDuration,
   parseResolvers,
   type RawOptions,
-} from "../../src/config.ts";
+} from "../../src/config/config.ts";
 import { ConfigError } from "../../src/errors.ts";
 
 function configError(fn: () => unknown, message: string | RegExp) {

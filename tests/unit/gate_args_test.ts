@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { bundleDir, containerId, parseRuncArgs, type RuncArgs, startId } from "../../src/gate/runc_args.ts";
 import { parseEnvFile } from "../../src/gate/env_file.ts";
-import { addRuntime, removeRuntime, RUNTIME_NAME } from "../../src/commands/runtime_config.ts";
+import { addRuntime, removeRuntime, RUNTIME_NAME } from "../../src/cli/commands/runtime_config.ts";
 import { runCli } from "../support/run_cli.ts";
 
 const ID = "3f2a9c1e0b7d4a5f8e6c2b1a0d9f8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e";

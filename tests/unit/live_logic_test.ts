@@ -1,7 +1,7 @@
 // Pure parts of the live-rules path: snapshot diffs, who a change affects, which services to watch.
 import assert from "node:assert/strict";
-import { diffSnapshots, keysNaming } from "../../src/live.ts";
-import { affectedBy, type Enforced, neededServices } from "../../src/affected.ts";
+import { diffSnapshots, keysNaming } from "../../src/daemon/live_rules.ts";
+import { affectedBy, type Enforced, neededServices } from "../../src/daemon/affected.ts";
 import { snapshotFrom } from "../../src/rules/acl_source.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);

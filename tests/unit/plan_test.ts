@@ -7,11 +7,11 @@ import {
   type PlanInput,
   resolversByFamily,
   serviceRulesOf,
-} from "../../src/plan.ts";
+} from "../../src/rules/plan.ts";
 import { snapshotFrom } from "../../src/rules/acl_source.ts";
 import { formatProblem } from "../../src/rules/grammar.ts";
-import { type ServiceLookup, toInstances } from "../../src/services.ts";
-import { DEFAULTS } from "../../src/config.ts";
+import { type ServiceLookup, toInstances } from "../../src/rules/services.ts";
+import { DEFAULTS } from "../../src/config/config.ts";
 
 const enc = new TextEncoder();
 // deno-lint-ignore no-control-regex

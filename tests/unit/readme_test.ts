@@ -1,7 +1,7 @@
 // The README is the user's manual: its options table must be what the code has.
 import assert from "node:assert/strict";
 import { optionsMarkdown } from "../../scripts/options_md.ts";
-import { GLOBAL_OPTIONS } from "../../src/options_table.ts";
+import { GLOBAL_OPTIONS } from "../../src/config/options_table.ts";
 
 const readme = await Deno.readTextFile(new URL("../../README.md", import.meta.url));
 

@@ -1,15 +1,15 @@
 // The reconcile loop with in-memory fakes of its three dependencies (Docker, rules, applier).
 import assert from "node:assert/strict";
-import { Reconciler } from "../../src/reconcile.ts";
+import { Reconciler } from "../../src/daemon/reconcile.ts";
 import type { Applier, ApplyTarget } from "../../src/apply/applier.ts";
-import type { RenderedRules } from "../../src/render.ts";
-import { loadTemplates, Renderer } from "../../src/render.ts";
+import type { RenderedRules } from "../../src/render/renderer.ts";
+import { loadTemplates, Renderer } from "../../src/render/renderer.ts";
 import type { ContainerInfo } from "../../src/docker/types.ts";
 import { snapshotFrom } from "../../src/rules/acl_source.ts";
-import type { RuleData, RuleProvider } from "../../src/rule_cache.ts";
+import type { RuleData, RuleProvider } from "../../src/rules/rule_cache.ts";
 import { silentLogger } from "../../src/log.ts";
 import { DockerError } from "../../src/errors.ts";
-import { DEFAULTS } from "../../src/config.ts";
+import { DEFAULTS } from "../../src/config/config.ts";
 
 const renderer = new Renderer(await loadTemplates(), "test");
 const enc = (s: string) => new TextEncoder().encode(s);

@@ -6,10 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { buildPlan, type ContainerRef, type RulePlan } from "../../src/plan.ts";
+import { buildPlan, type ContainerRef, type RulePlan } from "../../src/rules/plan.ts";
 import { snapshotFrom } from "../../src/rules/acl_source.ts";
 import type { Family } from "../../src/rules/grammar.ts";
-import type { Policy } from "../../src/config.ts";
+import type { Policy } from "../../src/config/config.ts";
 import {
   checkRendered,
   CLEAR_TEXT,
@@ -20,7 +20,7 @@ import {
   rulesHash,
   type TemplateContext,
   templateContext,
-} from "../../src/render.ts";
+} from "../../src/render/renderer.ts";
 import { TemplateError } from "../../src/errors.ts";
 import { VERSION } from "../../src/version.ts";
 

@@ -1,8 +1,8 @@
 // intent.ts, metrics.ts, status table, apply payload helpers.
 import assert from "node:assert/strict";
-import { containerIntent, envMap } from "../../src/intent.ts";
-import { ENFORCE_BUCKETS, Metrics } from "../../src/metrics.ts";
-import { formatStatus } from "../../src/commands/status.ts";
+import { containerIntent, envMap } from "../../src/rules/intent.ts";
+import { ENFORCE_BUCKETS, Metrics } from "../../src/daemon/metrics.ts";
+import { formatStatus } from "../../src/cli/commands/status.ts";
 import { applyPayload, chunkEnv, normalizeSaved, splitRead } from "../../src/apply/applier.ts";
 
 Deno.test("containerIntent: opt-in is exactly 1; lists trimmed; bad names and policies reported", () => {

@@ -2,7 +2,7 @@
  * `runtime-config`: register (or remove) the runtime gate in dockerd's daemon.json without touching any
  * other setting. install.sh --runtime calls it. Changes take effect after dockerd restarts.
  */
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../../errors.ts";
 import type { Out } from "./io.ts";
 
 /** The name containers use: `docker run --runtime egresstrator`. */

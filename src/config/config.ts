@@ -2,9 +2,9 @@
  * Configuration: defaults -> env -> flags -> validate -> frozen Config.
  * The core receives a Config and never reads Deno.env or Deno.args itself.
  */
-import { ConfigError } from "./errors.ts";
-import { parseAddress } from "./rules/ip.ts";
-import type { LogFormat, LogLevel } from "./log.ts";
+import { ConfigError } from "../errors.ts";
+import { parseAddress } from "../rules/ip.ts";
+import type { LogFormat, LogLevel } from "../log.ts";
 
 export type Policy = "protect" | "allowlist";
 export type ApplyMode = "nsenter" | "helper";

@@ -3,19 +3,19 @@
  * Global options are accepted before and after the subcommand.
  */
 import { Command, CommanderError, Option } from "@commander-js/extra-typings";
-import { addGlobalOptions, collectRaw } from "./cli_options.ts";
-import { buildConfig, type Config } from "./config.ts";
-import { readTokenFile } from "./app.ts";
-import { ConfigError } from "./errors.ts";
-import { createLogger } from "./log.ts";
-import { startDaemon } from "./daemon.ts";
+import { addGlobalOptions, collectRaw } from "./options.ts";
+import { buildConfig, type Config } from "../config/config.ts";
+import { readTokenFile } from "../context.ts";
+import { ConfigError } from "../errors.ts";
+import { createLogger } from "../log.ts";
+import { startDaemon } from "../daemon/daemon.ts";
 import { clearCommand, setCommand } from "./commands/set_clear.ts";
 import { statusCommand } from "./commands/status.ts";
 import { runtimeConfigCommand } from "./commands/runtime_config.ts";
 import type { Out } from "./commands/io.ts";
 import { renderCommand } from "./commands/render.ts";
 import { validateCommand } from "./commands/validate.ts";
-import { VERSION } from "./version.ts";
+import { VERSION } from "../version.ts";
 
 /** What the CLI needs from its surroundings (main.ts passes the real ones). */
 export interface CliIO extends Out {

@@ -3,10 +3,10 @@
  * templates are loaded). Templates only ever see parsed, validated values.
  */
 import { Eta } from "eta/core";
-import type { ContainerRef, Destination, RulePlan } from "./plan.ts";
-import type { Family, Proto } from "./rules/grammar.ts";
-import type { Policy } from "./config.ts";
-import { TemplateError } from "./errors.ts";
+import type { ContainerRef, Destination, RulePlan } from "../rules/plan.ts";
+import type { Family, Proto } from "../rules/grammar.ts";
+import type { Policy } from "../config/config.ts";
+import { TemplateError } from "../errors.ts";
 
 /** A destination with its iptables match ready to print. */
 export interface TemplateDestination extends Destination {
@@ -44,7 +44,7 @@ export interface TemplateSet {
   custom?: { path: string; source: string };
 }
 
-const TEMPLATE_DIR = new URL("../templates/", import.meta.url);
+const TEMPLATE_DIR = new URL("../../templates/", import.meta.url);
 
 /** Read the built-in templates (embedded in the compiled binary) and an optional custom one. */
 export async function loadTemplates(customPath?: string): Promise<TemplateSet> {

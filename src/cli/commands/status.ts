@@ -1,7 +1,7 @@
 /** `status`: ask a running daemon what it enforces, as a table or JSON. */
-import type { Config } from "../config.ts";
-import { AppError, ConfigError, describeError } from "../errors.ts";
-import { fetchStatus, type StatusReport } from "../status.ts";
+import type { Config } from "../../config/config.ts";
+import { AppError, ConfigError, describeError } from "../../errors.ts";
+import { fetchStatus, type StatusReport } from "../../daemon/status_server.ts";
 import type { Out } from "./io.ts";
 
 function table(rows: string[][]): string {

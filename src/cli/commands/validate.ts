@@ -1,10 +1,10 @@
 /** `validate`: check every ACL key (and the services rules name); print each problem; exit 2 on errors. */
-import type { Config } from "../config.ts";
-import { openRuleContext, type RuleContext } from "../app.ts";
-import { formatProblem, formatRule, type RuleProblem, type ServiceRule } from "../rules/grammar.ts";
+import type { Config } from "../../config/config.ts";
+import { openRuleContext, type RuleContext } from "../../context.ts";
+import { formatProblem, formatRule, type RuleProblem, type ServiceRule } from "../../rules/grammar.ts";
 import type { Out } from "./io.ts";
-import { serviceKey } from "../services.ts";
-import type { AclSnapshot } from "../rules/acl_source.ts";
+import { serviceKey } from "../../rules/services.ts";
+import type { AclSnapshot } from "../../rules/acl_source.ts";
 
 type Located = ServiceRule & { key: string; line: number };
 

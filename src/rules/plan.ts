@@ -2,12 +2,12 @@
  * The plan (pure): from all ACL keys, a container's ACL list, resolved services and the policy, work
  * out which destinations are allowed and which are protected. Rendering turns the plan into text.
  */
-import type { Policy } from "./config.ts";
-import type { Family, PortRange, Proto, Rule, RuleProblem } from "./rules/grammar.ts";
-import { displayText, formatRule } from "./rules/grammar.ts";
-import type { AclSnapshot } from "./rules/acl_source.ts";
+import type { Policy } from "../config/config.ts";
+import type { Family, PortRange, Proto, Rule, RuleProblem } from "./grammar.ts";
+import { displayText, formatRule } from "./grammar.ts";
+import type { AclSnapshot } from "./acl_source.ts";
 import { serviceKey, type ServiceLookup } from "./services.ts";
-import { formatAddress, parseAddress } from "./rules/ip.ts";
+import { formatAddress, parseAddress } from "./ip.ts";
 
 /** One destination a rule names, after service resolution. */
 export interface Destination {

@@ -2,15 +2,15 @@
  * One container, one decision: read what it asks for, build and render its rules, and apply them
  * unless the text is what was last applied. Shared by the daemon's reconcile loop and `set`.
  */
-import type { Config, Policy } from "./config.ts";
-import { type Applier, normalizeSaved } from "./apply/applier.ts";
-import type { ContainerInfo } from "./docker/types.ts";
-import { buildPlan, type RulePlan } from "./plan.ts";
-import { type RenderedRules, type Renderer, rulesHash } from "./render.ts";
-import type { RuleProvider } from "./rule_cache.ts";
-import { containerIntent } from "./intent.ts";
-import { describeError } from "./errors.ts";
-import { snapshotFrom } from "./rules/acl_source.ts";
+import type { Config, Policy } from "../config/config.ts";
+import { type Applier, normalizeSaved } from "./applier.ts";
+import type { ContainerInfo } from "../docker/types.ts";
+import { buildPlan, type RulePlan } from "../rules/plan.ts";
+import { type RenderedRules, type Renderer, rulesHash } from "../render/renderer.ts";
+import type { RuleProvider } from "../rules/rule_cache.ts";
+import { containerIntent } from "../rules/intent.ts";
+import { describeError } from "../errors.ts";
+import { snapshotFrom } from "../rules/acl_source.ts";
 
 /** What enforcing needs. `renderer` is a getter because SIGHUP replaces it. */
 export interface EnforceDeps {

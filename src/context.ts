@@ -2,13 +2,13 @@
  * Wiring: builds the clients, the ACL source and the renderer a command needs from a Config.
  * The only place (besides main.ts and cli.ts) that knows how the parts fit together.
  */
-import type { Config, Policy } from "./config.ts";
+import type { Config, Policy } from "./config/config.ts";
 import { ConfigError } from "./errors.ts";
 import { ConsulClient } from "./consul/client.ts";
 import { type AclSnapshot, type AclSource, ConsulAclSource, DirAclSource } from "./rules/acl_source.ts";
-import { loadTemplates, Renderer } from "./render.ts";
-import { RuleCache } from "./rule_cache.ts";
-import { buildPlan, type ContainerRef, type RulePlan } from "./plan.ts";
+import { loadTemplates, Renderer } from "./render/renderer.ts";
+import { RuleCache } from "./rules/rule_cache.ts";
+import { buildPlan, type ContainerRef, type RulePlan } from "./rules/plan.ts";
 import { VERSION } from "./version.ts";
 
 async function readPem(what: string, path?: string): Promise<string | undefined> {

@@ -3,14 +3,14 @@
  * take dirty containers one at a time each, so one container is never worked on twice at once and
  * always ends up with the rules of its latest state. Failures are retried with backoff.
  */
-import type { ContainerInfo } from "./docker/types.ts";
-import type { Logger } from "./log.ts";
-import type { Policy } from "./config.ts";
-import { enforce, type EnforceDeps, EnforceFailure } from "./enforce.ts";
-import { describeError, DockerError } from "./errors.ts";
-import { savedHash } from "./enforce.ts";
+import type { ContainerInfo } from "../docker/types.ts";
+import type { Logger } from "../log.ts";
+import type { Policy } from "../config/config.ts";
+import { enforce, type EnforceDeps, EnforceFailure } from "../apply/enforce.ts";
+import { describeError, DockerError } from "../errors.ts";
+import { savedHash } from "../apply/enforce.ts";
 import { affectedBy, type Enforced } from "./affected.ts";
-import type { RuleChange } from "./live.ts";
+import type { RuleChange } from "./live_rules.ts";
 import { ENFORCE_BUCKETS, type Metrics } from "./metrics.ts";
 
 /** Run `fn` over items, at most `n` at a time. */

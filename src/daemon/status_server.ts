@@ -1,7 +1,7 @@
 /** The daemon's status server: /healthz, /status (JSON) and /metrics (Prometheus), on a unix socket or TCP. */
 import { dirname } from "node:path";
-import type { Logger } from "./log.ts";
-import { describeError } from "./errors.ts";
+import type { Logger } from "../log.ts";
+import { describeError } from "../errors.ts";
 
 /** The JSON `/status` serves (and `egresstrator status` prints). */
 export interface StatusReport {

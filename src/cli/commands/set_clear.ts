@@ -1,18 +1,18 @@
 /** `set` and `clear`: act on one container or `--all`, print a line per container, exit 1 if any failed. */
-import type { Config } from "../config.ts";
-import { ConfigError, describeError, ValidationError } from "../errors.ts";
-import { DockerClient } from "../docker/client.ts";
-import { resolveContainer } from "../docker/resolve.ts";
-import type { ContainerInfo } from "../docker/types.ts";
-import { openRuleContext } from "../app.ts";
-import { RuleCache } from "../rule_cache.ts";
-import { makeApplier } from "../apply/make.ts";
-import { enforce, EnforceFailure } from "../enforce.ts";
-import { containerIntent } from "../intent.ts";
-import { CLEAR_TEXT } from "../render.ts";
-import { parseAclList } from "../plan.ts";
-import { createLogger } from "../log.ts";
-import { pool } from "../reconcile.ts";
+import type { Config } from "../../config/config.ts";
+import { ConfigError, describeError, ValidationError } from "../../errors.ts";
+import { DockerClient } from "../../docker/client.ts";
+import { resolveContainer } from "../../docker/resolve.ts";
+import type { ContainerInfo } from "../../docker/types.ts";
+import { openRuleContext } from "../../context.ts";
+import { RuleCache } from "../../rules/rule_cache.ts";
+import { makeApplier } from "../../apply/make.ts";
+import { enforce, EnforceFailure } from "../../apply/enforce.ts";
+import { containerIntent } from "../../rules/intent.ts";
+import { CLEAR_TEXT } from "../../render/renderer.ts";
+import { parseAclList } from "../../rules/plan.ts";
+import { createLogger } from "../../log.ts";
+import { pool } from "../../daemon/reconcile.ts";
 import type { Out } from "./io.ts";
 
 /** Options of `set` and `clear`. */

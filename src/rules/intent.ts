@@ -1,8 +1,8 @@
 /** What a container asks for, from its env (pure): opt-in, ACL list and policy. */
-import type { Policy } from "./config.ts";
+import type { Policy } from "../config/config.ts";
 import { parseAclList } from "./plan.ts";
-import { keyProblem } from "./rules/acl_source.ts";
-import { commentSafe } from "./render.ts";
+import { keyProblem } from "./acl_source.ts";
+import { commentSafe } from "../render/renderer.ts";
 
 /** A container's request, and what was wrong with its env. */
 export interface Intent {

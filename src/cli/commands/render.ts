@@ -1,17 +1,17 @@
 /** `render`: print the iptables-restore text (or the template model) for an ACL list; touches nothing. */
-import type { Config } from "../config.ts";
-import { openRuleContext, planFor } from "../app.ts";
-import { templateContext } from "../render.ts";
-import { formatProblem } from "../rules/grammar.ts";
-import { parseAclList } from "../plan.ts";
+import type { Config } from "../../config/config.ts";
+import { openRuleContext, planFor } from "../../context.ts";
+import { templateContext } from "../../render/renderer.ts";
+import { formatProblem } from "../../rules/grammar.ts";
+import { parseAclList } from "../../rules/plan.ts";
 import type { Out } from "./io.ts";
-import { ConfigError } from "../errors.ts";
-import type { AclSnapshot, AclSource } from "../rules/acl_source.ts";
-import type { RulePlan } from "../plan.ts";
-import { VERSION } from "../version.ts";
-import { DockerClient } from "../docker/client.ts";
-import { resolveContainer } from "../docker/resolve.ts";
-import { containerIntent } from "../intent.ts";
+import { ConfigError } from "../../errors.ts";
+import type { AclSnapshot, AclSource } from "../../rules/acl_source.ts";
+import type { RulePlan } from "../../rules/plan.ts";
+import { VERSION } from "../../version.ts";
+import { DockerClient } from "../../docker/client.ts";
+import { resolveContainer } from "../../docker/resolve.ts";
+import { containerIntent } from "../../rules/intent.ts";
 
 /** Options of `render`. */
 export interface RenderOptions {

@@ -1,6 +1,6 @@
 /** Resolving `<tag>.<service>@<dc>` rules to catalog instances (the I/O half; the plan stays pure). */
-import type { ServiceRule } from "./rules/grammar.ts";
-import { describeError } from "./errors.ts";
+import type { ServiceRule } from "./grammar.ts";
+import { describeError } from "../errors.ts";
 
 /** One catalog instance as the plan needs it. */
 export interface ServiceInstance {

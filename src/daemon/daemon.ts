@@ -3,22 +3,22 @@
  * A broken event stream reconnects with backoff and catches up (events since the last one seen, plus a
  * full pass). SIGHUP reloads the template and re-checks everything. Shutdown lets in-flight applies end.
  */
-import type { Config } from "./config.ts";
-import type { Logger } from "./log.ts";
-import { DockerClient } from "./docker/client.ts";
+import type { Config } from "../config/config.ts";
+import type { Logger } from "../log.ts";
+import { DockerClient } from "../docker/client.ts";
 import { type GateApplied, Reconciler } from "./reconcile.ts";
-import { buildRules } from "./enforce.ts";
-import { containerIntent } from "./intent.ts";
-import { openRuleContext } from "./app.ts";
-import { LiveRules } from "./live.ts";
+import { buildRules } from "../apply/enforce.ts";
+import { containerIntent } from "../rules/intent.ts";
+import { openRuleContext } from "../context.ts";
+import { LiveRules } from "./live_rules.ts";
 import { Metrics } from "./metrics.ts";
 import { neededServices } from "./affected.ts";
-import { serveStatus, type StatusSource } from "./status.ts";
-import type { RuleContext } from "./app.ts";
-import { loadTemplates, Renderer } from "./render.ts";
-import { describeError } from "./errors.ts";
-import { makeApplier } from "./apply/make.ts";
-import { VERSION } from "./version.ts";
+import { serveStatus, type StatusSource } from "./status_server.ts";
+import type { RuleContext } from "../context.ts";
+import { loadTemplates, Renderer } from "../render/renderer.ts";
+import { describeError } from "../errors.ts";
+import { makeApplier } from "../apply/make.ts";
+import { VERSION } from "../version.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {

@@ -1,9 +1,9 @@
 /** Which enforced containers a rule change can touch, and which services they need (pure). */
-import type { RuleChange } from "./live.ts";
-import type { AclSnapshot } from "./rules/acl_source.ts";
-import { serviceKey } from "./services.ts";
-import type { Policy } from "./config.ts";
-import { usesKey } from "./plan.ts";
+import type { RuleChange } from "./live_rules.ts";
+import type { AclSnapshot } from "../rules/acl_source.ts";
+import { serviceKey } from "../rules/services.ts";
+import type { Policy } from "../config/config.ts";
+import { usesKey } from "../rules/plan.ts";
 
 /** What the decision needs to know of a container. */
 export interface Enforced {

@@ -2,11 +2,11 @@
  * One shared view of the ACLs and the services they name, for every container in a burst: concurrent
  * callers share one in-flight read, and a fresh result is reused for `maxAgeMs`.
  */
-import type { AclSnapshot, AclSource } from "./rules/acl_source.ts";
+import type { AclSnapshot, AclSource } from "./acl_source.ts";
 import { type CatalogReader, resolveServices, type ServiceLookup } from "./services.ts";
 import { buildPlan, serviceRulesOf } from "./plan.ts";
-import { formatProblem } from "./rules/grammar.ts";
-import type { Policy } from "./config.ts";
+import { formatProblem } from "./grammar.ts";
+import type { Policy } from "../config/config.ts";
 
 /** ACLs plus resolved services at one moment. */
 export interface RuleData {

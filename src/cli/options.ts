@@ -3,8 +3,8 @@
  * defaults are applied here so a flag before the subcommand is never overridden by a default after it.
  */
 import { type Command, Option } from "@commander-js/extra-typings";
-import type { RawOptions } from "./config.ts";
-import { GLOBAL_OPTIONS } from "./options_table.ts";
+import type { RawOptions } from "../config/config.ts";
+import { GLOBAL_OPTIONS } from "../config/options_table.ts";
 
 /** Add every global option to a command (the program and each subcommand). */
 export function addGlobalOptions<C extends Command<unknown[], Record<string, unknown>>>(

@@ -3,18 +3,18 @@
  * service the snapshot names, shared by every container. Reads are served from what the watches last
  * saw; a change reports which keys it touched so only affected containers are recomputed.
  */
-import type { AclSnapshot, AclSource } from "./rules/acl_source.ts";
-import { ConsulAclSource } from "./rules/acl_source.ts";
-import type { ConsulClient } from "./consul/client.ts";
-import { watch } from "./consul/watch.ts";
-import { serviceKey, type ServiceLookup, toInstances } from "./services.ts";
-import { serviceRulesOf, usesKey } from "./plan.ts";
-import type { Policy } from "./config.ts";
-import type { ServiceRule } from "./rules/grammar.ts";
-import { keyProblems, type RuleData, type RuleProvider } from "./rule_cache.ts";
-import type { Logger } from "./log.ts";
+import type { AclSnapshot, AclSource } from "../rules/acl_source.ts";
+import { ConsulAclSource } from "../rules/acl_source.ts";
+import type { ConsulClient } from "../consul/client.ts";
+import { watch } from "../consul/watch.ts";
+import { serviceKey, type ServiceLookup, toInstances } from "../rules/services.ts";
+import { serviceRulesOf, usesKey } from "../rules/plan.ts";
+import type { Policy } from "../config/config.ts";
+import type { ServiceRule } from "../rules/grammar.ts";
+import { keyProblems, type RuleData, type RuleProvider } from "../rules/rule_cache.ts";
+import type { Logger } from "../log.ts";
 import type { Metrics } from "./metrics.ts";
-import { describeError } from "./errors.ts";
+import { describeError } from "../errors.ts";
 
 /** Keys whose content changed (`changed`) or that came or went (`added`/`removed`). */
 export interface RuleChange {
