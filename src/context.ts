@@ -1,6 +1,6 @@
 /**
- * Wiring: builds the clients, the ACL source and the renderer a command needs from a Config.
- * The only place (besides main.ts and cli.ts) that knows how the parts fit together.
+ * Wiring shared by every entry point (CLI commands, daemon, gate): builds the Consul client, the ACL
+ * source and the renderer a command needs from a Config.
  */
 import type { Config, Policy } from "./config/config.ts";
 import { ConfigError } from "./errors.ts";
@@ -32,18 +32,6 @@ export async function openConsul(config: Config, signal?: AbortSignal): Promise<
     timeoutMs: config.consul.timeoutMs,
     signal,
   });
-}
-
-/** Read a token file (CONSUL_HTTP_TOKEN_FILE); the token itself is never printed. */
-export async function readTokenFile(path: string): Promise<string> {
-  try {
-    const token = (await Deno.readTextFile(path)).trim();
-    if (!token) throw new ConfigError(`token file ${path} is empty`);
-    return token;
-  } catch (err) {
-    if (err instanceof ConfigError) throw err;
-    throw new ConfigError(`cannot read token file ${path}: ${(err as Error).message}`, { cause: err });
-  }
 }
 
 /** Everything needed to go from "ACL list" to "rendered text". */

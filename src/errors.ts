@@ -14,53 +14,40 @@ export class AppError extends Error {
   }
 }
 
-/** Bad flags, env values or option combinations (exit 2). */
-export class ConfigError extends AppError {
+/** Something the user gave is wrong (exit 2). */
+abstract class UsageError extends AppError {
   constructor(message: string, opts: { cause?: unknown } = {}) {
     super(message, { exitCode: 2, cause: opts.cause });
   }
 }
 
+/** Bad flags, env values or option combinations (exit 2). */
+export class ConfigError extends UsageError {}
+
 /** Bad user input: ACL lines, container names, rule lists (exit 2). */
-export class ValidationError extends AppError {
-  constructor(message: string, opts: { cause?: unknown } = {}) {
-    super(message, { exitCode: 2, cause: opts.cause });
+export class ValidationError extends UsageError {}
+
+/** A peer over HTTP could not be reached or answered with an error (exit 1). */
+abstract class PeerError extends AppError {
+  /** HTTP status when the peer answered, undefined when it was not reached. */
+  readonly status?: number;
+  constructor(message: string, opts: { cause?: unknown; status?: number } = {}) {
+    super(message, { exitCode: 1, cause: opts.cause });
+    this.status = opts.status;
   }
 }
 
 /** Consul could not be reached or answered with an error (exit 1). */
-export class ConsulError extends AppError {
-  /** HTTP status when Consul answered, undefined when it was not reached. */
-  readonly status?: number;
-  constructor(message: string, opts: { cause?: unknown; status?: number } = {}) {
-    super(message, { exitCode: 1, cause: opts.cause });
-    this.status = opts.status;
-  }
-}
+export class ConsulError extends PeerError {}
 
 /** Docker could not be reached or answered with an error (exit 1). */
-export class DockerError extends AppError {
-  /** HTTP status when Docker answered, undefined when it was not reached. */
-  readonly status?: number;
-  constructor(message: string, opts: { cause?: unknown; status?: number } = {}) {
-    super(message, { exitCode: 1, cause: opts.cause });
-    this.status = opts.status;
-  }
-}
+export class DockerError extends PeerError {}
 
 /** Putting rules into a namespace failed (exit 1). */
-export class ApplyError extends AppError {
-  constructor(message: string, opts: { cause?: unknown } = {}) {
-    super(message, { exitCode: 1, cause: opts.cause });
-  }
-}
+export class ApplyError extends AppError {}
 
 /** A template could not be read, compiled or rendered (exit 1). */
-export class TemplateError extends AppError {
-  constructor(message: string, opts: { cause?: unknown } = {}) {
-    super(message, { exitCode: 1, cause: opts.cause });
-  }
-}
+export class TemplateError extends AppError {}
 
 /** One line for an error and its causes: `outer: inner: innermost`. */
 export function describeError(err: unknown): string {

@@ -4,8 +4,8 @@
  */
 import { Command, CommanderError, Option } from "@commander-js/extra-typings";
 import { addGlobalOptions, collectRaw } from "./options.ts";
-import { buildConfig, type Config } from "../config/config.ts";
-import { readTokenFile } from "../context.ts";
+import type { Config } from "../config/config.ts";
+import { loadConfig } from "../config/load.ts";
 import { ConfigError } from "../errors.ts";
 import { createLogger } from "../log.ts";
 import { startDaemon } from "../daemon/daemon.ts";
@@ -27,12 +27,8 @@ export interface CliIO extends Out {
 // deno-lint-ignore no-explicit-any
 type AnyCommand = Command<any, any, any>;
 
-async function configFrom(cmd: AnyCommand, io: CliIO): Promise<Config> {
-  const raw = collectRaw(cmd, io.env);
-  const token = !raw.consulToken && raw.consulTokenFile
-    ? await readTokenFile(raw.consulTokenFile)
-    : undefined;
-  return buildConfig(raw, { token });
+function configFrom(cmd: AnyCommand, io: CliIO): Promise<Config> {
+  return loadConfig(collectRaw(cmd, io.env));
 }
 
 const DESCRIPTION = `Set egress rules in network namespaces.

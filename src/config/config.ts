@@ -5,6 +5,10 @@
 import { ConfigError } from "../errors.ts";
 import { parseAddress } from "../rules/ip.ts";
 import type { LogFormat, LogLevel } from "../log.ts";
+import { parseDuration, parseDurationOrOff } from "./duration.ts";
+import { GLOBAL_OPTIONS } from "./options_table.ts";
+
+export { parseDuration } from "./duration.ts";
 
 export type Policy = "protect" | "allowlist";
 export type ApplyMode = "nsenter" | "helper";
@@ -50,28 +54,25 @@ export interface Config {
   consulStale: boolean;
 }
 
-/** Defaults, as documented in the README. */
-export const DEFAULTS = {
-  consul: "127.0.0.1:8500",
-  kvPath: "egress/acl/",
-  dockerHost: "unix:///var/run/docker.sock",
-  dnsResolvers: [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "8.8.8.8",
-    "8.8.4.4",
-    "fc00::/7",
-    "fe80::/10",
-    "2001:4860:4860::8888",
-    "2001:4860:4860::8844",
-  ],
-  timeoutMs: 10_000,
-  concurrency: 8,
-  helperTimeoutMs: 30_000,
-  listen: "unix:///run/egresstrator/egresstrator.sock",
-  resyncIntervalMs: 60_000,
-} as const;
+/** The default of an option, as its row in the options table writes it (the one place defaults live). */
+export function optionDefault(key: keyof RawOptions): string {
+  const def = GLOBAL_OPTIONS.find((o) => o.key === key)?.def;
+  if (def === undefined) throw new Error(`option ${key} has no default in the options table`);
+  return def;
+}
+
+/** Defaults in the shape Config uses, parsed from the options table. */
+export const DEFAULTS = Object.freeze({
+  consul: optionDefault("consul"),
+  kvPath: optionDefault("kvPath"),
+  dockerHost: optionDefault("dockerHost"),
+  dnsResolvers: Object.freeze(parseResolvers(optionDefault("dns"))),
+  timeoutMs: parseDuration("--consul-timeout", optionDefault("consulTimeout")),
+  concurrency: Number(optionDefault("concurrency")),
+  helperTimeoutMs: parseDuration("--helper-timeout", optionDefault("helperTimeout")),
+  listen: optionDefault("listen"),
+  resyncIntervalMs: parseDuration("--resync-interval", optionDefault("resyncInterval")),
+});
 
 /** Raw option values as the CLI collected them (flags already merged with env by commander). */
 export interface RawOptions {
@@ -103,21 +104,15 @@ export interface RawOptions {
   stale?: boolean | string;
 }
 
-function oneOf<T extends string>(name: string, value: string | undefined, allowed: readonly T[], def: T): T {
-  if (value === undefined || value === "") return def;
-  if ((allowed as readonly string[]).includes(value)) return value as T;
-  throw new ConfigError(`${name} must be one of ${allowed.join(", ")}, not "${value}"`);
-}
-
-/** Parse "10s", "500ms", "2m" or a bare number of seconds into milliseconds. */
-export function parseDuration(name: string, value: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value.trim());
-  if (!m) throw new ConfigError(`${name} must be a duration like 10s, 500ms or 2m, not "${value}"`);
-  const n = Math.round(Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000 }[m[2] ?? "s"] ?? 1000));
-  if (n < 1 || n > 24 * 3600_000) {
-    throw new ConfigError(`${name} must be between 1ms and 24h, not "${value}"`);
-  }
-  return n;
+function oneOf<T extends string>(
+  name: string,
+  value: string | undefined,
+  allowed: readonly T[],
+  def: string,
+): T {
+  const v = value === undefined || value === "" ? def : value;
+  if ((allowed as readonly string[]).includes(v)) return v as T;
+  throw new ConfigError(`${name} must be one of ${allowed.join(", ")}, not "${v}"`);
 }
 
 /** Accept "1", "true", "yes", "on" (and their opposites) from env, booleans from flags. */
@@ -177,7 +172,7 @@ export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Re
     "--mode",
     raw.mode ?? (raw.image ? "helper" : undefined),
     ["nsenter", "helper"],
-    "nsenter",
+    optionDefault("mode"),
   );
   if (mode === "helper" && !raw.image) {
     throw new ConfigError("--mode helper needs --image (an image with iptables-restore, see Dockerfile)");
@@ -212,14 +207,14 @@ export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Re
     dockerHost,
     dockerApiVersion: raw.dockerApiVersion || undefined,
     dnsResolvers: raw.dns ? parseResolvers(raw.dns) : [...DEFAULTS.dnsResolvers],
-    policy: oneOf("--policy", raw.policy, ["protect", "allowlist"], "protect"),
-    onError: oneOf("--on-error", raw.onError, ["deny", "skip"], "skip"),
-    logFormat: oneOf("--log-format", raw.logFormat, ["text", "json"], "text"),
+    policy: oneOf("--policy", raw.policy, ["protect", "allowlist"], optionDefault("policy")),
+    onError: oneOf("--on-error", raw.onError, ["deny", "skip"], optionDefault("onError")),
+    logFormat: oneOf("--log-format", raw.logFormat, ["text", "json"], optionDefault("logFormat")),
     logLevel: oneOf(
       "--log-level",
       raw.logLevel,
       ["debug", "info", "warn", "error"],
-      debug ? "debug" : "info",
+      debug ? "debug" : optionDefault("logLevel"),
     ),
     debug,
     concurrency: positiveInt("--concurrency", raw.concurrency, DEFAULTS.concurrency),
@@ -229,9 +224,7 @@ export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Re
     listen: parseListen(raw.listen),
     resyncIntervalMs: raw.resyncInterval === undefined || raw.resyncInterval === ""
       ? DEFAULTS.resyncIntervalMs
-      : /^0+(s|ms|m)?$/.test(raw.resyncInterval)
-      ? 0
-      : parseDuration("--resync-interval", raw.resyncInterval),
+      : parseDurationOrOff("--resync-interval", raw.resyncInterval),
     consulStale: parseBool("--stale", raw.stale),
   };
   return deepFreeze(config);

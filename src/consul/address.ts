@@ -1,4 +1,4 @@
-/** Consul addresses and Go-style durations as users type them (pure). */
+/** Consul addresses as users type them (pure). */
 import { ConfigError } from "../errors.ts";
 
 /**
@@ -33,21 +33,4 @@ export function normalizeConsulAddress(address: string, ssl: boolean): URL {
   const explicitPort = /:\d+$/.test(authority);
   if (!scheme && !explicitPort) url.port = proto === "https" ? "8501" : "8500";
   return url;
-}
-
-/** Milliseconds in a Go duration made of ms/s/m/h parts ("55s", "1m30s"); ConfigError otherwise. */
-export function parseDurationMs(text: string): number {
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
-  let total = 0;
-  let pos = 0;
-  while (pos < text.length) {
-    re.lastIndex = pos;
-    const m = re.exec(text);
-    if (!m) break;
-    total += Number(m[1]) * unit[m[2]];
-    pos = re.lastIndex;
-  }
-  if (text === "" || pos !== text.length) throw new ConfigError(`invalid wait duration "${text}"`);
-  return total;
 }

@@ -3,10 +3,11 @@
  * timeouts and blocking-query support. It only reads; every failure is a ConsulError that names what failed.
  */
 import { ConfigError, ConsulError, ValidationError } from "../errors.ts";
-import { normalizeConsulAddress, parseDurationMs } from "./address.ts";
+import { normalizeConsulAddress } from "./address.ts";
+import { parseDuration } from "../config/duration.ts";
 import { type CatalogServiceEntry, decodeKvPairs, decodeServiceEntries, type KvPair } from "./decode.ts";
 
-export { normalizeConsulAddress, parseDurationMs } from "./address.ts";
+export { normalizeConsulAddress } from "./address.ts";
 export type { CatalogServiceEntry, KvPair } from "./decode.ts";
 
 /** How to reach Consul. */
@@ -217,8 +218,9 @@ export class ConsulClient {
     if (q.index !== undefined) params.set("index", String(Math.max(0, Math.trunc(q.index))));
     let timeoutMs = this.#timeoutMs;
     if (q.wait !== undefined) {
-      const waitMs = parseDurationMs(q.wait);
-      params.set("wait", q.wait);
+      const waitMs = parseDuration("blocking wait", q.wait);
+      // Consul takes Go durations only: a bare number of seconds goes as milliseconds.
+      params.set("wait", /^[\d.]+$/.test(q.wait.trim()) ? `${waitMs}ms` : q.wait.trim());
       // Consul adds up to wait/16 of jitter to the wait before it answers.
       timeoutMs = Math.max(timeoutMs, Math.ceil(waitMs + waitMs / 16) + BLOCKING_GRACE_MS);
     }

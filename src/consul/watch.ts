@@ -5,6 +5,7 @@
  */
 import type { QueryResult } from "./client.ts";
 import type { Logger } from "../log.ts";
+import { abortableSleep, backoffDelay } from "../util/async.ts";
 
 /** What to watch and where changes go. */
 export interface WatchOptions<T> {
@@ -31,17 +32,6 @@ export interface WatchOptions<T> {
   log?: Logger;
 }
 
-/**
- * Delay before retry number `attempt` (1-based): a random point between the minimum and an exponentially
- * growing ceiling (min * 2^(attempt-1), capped at max). Jitter spreads reconnects of many agents; the floor
- * keeps a failing Consul from being hammered by near-zero delays.
- */
-export function backoffDelay(attempt: number, minMs: number, maxMs: number, random: () => number): number {
-  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(Math.max(attempt - 1, 0), 30));
-  const r = Math.min(Math.max(random(), 0), 1);
-  return Math.round(minMs + r * Math.max(ceiling - minMs, 0));
-}
-
 /** Where the next query starts and whether the answer is news, per Consul's blocking-query rules. */
 export interface IndexStep {
   /** Deliver this answer to onChange. */
@@ -62,20 +52,6 @@ export function nextIndex(sent: number, got: number, delivered: boolean): IndexS
   if (delivered && idx === sent) return { changed: false, next: sent, reset: false };
   if (delivered && idx < sent) return { changed: true, next: 0, reset: true };
   return { changed: true, next: idx, reset: false };
-}
-
-/** A sleep that resolves early (never rejects) when signal aborts. */
-export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 /**

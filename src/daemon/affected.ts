@@ -1,5 +1,5 @@
 /** Which enforced containers a rule change can touch, and which services they need (pure). */
-import type { RuleChange } from "./live_rules.ts";
+import type { RuleChange } from "../rules/change.ts";
 import type { AclSnapshot } from "../rules/acl_source.ts";
 import { serviceKey } from "../rules/services.ts";
 import type { Policy } from "../config/config.ts";

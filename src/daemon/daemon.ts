@@ -6,19 +6,19 @@
 import type { Config } from "../config/config.ts";
 import type { Logger } from "../log.ts";
 import { DockerClient } from "../docker/client.ts";
-import { type GateApplied, Reconciler } from "./reconcile.ts";
-import { buildRules } from "../apply/enforce.ts";
-import { containerIntent } from "../rules/intent.ts";
+import { Reconciler } from "./reconcile.ts";
 import { openRuleContext } from "../context.ts";
 import { LiveRules } from "./live_rules.ts";
 import { Metrics } from "./metrics.ts";
 import { neededServices } from "./affected.ts";
-import { serveStatus, type StatusSource } from "./status_server.ts";
-import type { RuleContext } from "../context.ts";
+import { serveStatus } from "./status_server.ts";
 import { loadTemplates, Renderer } from "../render/renderer.ts";
 import { describeError } from "../errors.ts";
 import { makeApplier } from "../apply/make.ts";
 import { VERSION } from "../version.ts";
+import { followEvents } from "./events.ts";
+import { statusSource } from "./status_source.ts";
+import { gateApplied, gateRender } from "./gate_api.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {
@@ -31,32 +31,13 @@ export interface DaemonControl {
   rules: LiveRules;
 }
 
-/** Sleep that ends early, without throwing, when the signal aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
-
-/** Start the daemon. `signal` is the shutdown request; `hardStop` also aborts in-flight work. */
-export async function startDaemon(
-  config: Config,
-  log: Logger,
-  signal: AbortSignal,
-  hardStop: AbortSignal = new AbortController().signal,
-): Promise<DaemonControl> {
-  const docker = new DockerClient({
-    host: config.dockerHost,
-    apiVersion: config.dockerApiVersion,
-    signal: hardStop,
-  });
-  const ctx = await openRuleContext(config, hardStop);
+/**
+ * Start the daemon. `signal` is the shutdown request: in-flight applies are let finish (each has its own
+ * deadline), then everything is closed.
+ */
+export async function startDaemon(config: Config, log: Logger, signal: AbortSignal): Promise<DaemonControl> {
+  const docker = new DockerClient({ host: config.dockerHost, apiVersion: config.dockerApiVersion });
+  const ctx = await openRuleContext(config);
   let renderer: Renderer = ctx.renderer;
   const metrics = new Metrics();
   const applier = makeApplier(config, docker, log);
@@ -84,7 +65,7 @@ export async function startDaemon(
     docker,
     log,
     concurrency: config.concurrency,
-    signal: hardStop,
+    signal: new AbortController().signal,
     metrics,
   });
   const pruneWatches = () => {
@@ -99,7 +80,8 @@ export async function startDaemon(
     policy: config.policy,
   });
   const state = { dockerConnected: false };
-  const source = statusSource({ config, ctx, reconciler, rules, metrics, applier, state });
+  const fixed = { mode: applier.mode, policy: config.policy, source: ctx.source.description };
+  const source = statusSource({ fixed, reconciler, rules, metrics, state });
   source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
   source.gateApplied = (body) => gateApplied(reconciler, body);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
@@ -135,133 +117,4 @@ export async function startDaemon(
     }
   })();
   return { done, reload, reconciler, metrics, rules };
-}
-
-interface StatusDeps {
-  config: Config;
-  ctx: RuleContext;
-  reconciler: Reconciler;
-  rules: LiveRules;
-  metrics: Metrics;
-  applier: { mode: string };
-  state: { dockerConnected: boolean };
-}
-
-function statusSource(d: StatusDeps): StatusSource {
-  return {
-    report: () => ({
-      version: VERSION,
-      mode: d.applier.mode,
-      policy: d.config.policy,
-      source: d.ctx.source.description,
-      watches: d.rules.watchCount(),
-      docker: { connected: d.state.dockerConnected },
-      consul: { errors: d.metrics.get("egresstrator_consul_errors_total") },
-      containers: [...d.reconciler.states.values()].map((s) => ({
-        id: s.id,
-        name: s.name,
-        acls: s.acls,
-        policy: s.policy,
-        ruleCount: s.ruleCount,
-        mode: s.mode,
-        hash: s.hash,
-        lastApplied: s.lastApplied,
-        lastError: s.lastError,
-        denied: s.denied,
-      })),
-    }),
-    metrics: () => {
-      d.metrics.set(
-        "egresstrator_enforced_containers",
-        "Containers with rules in place",
-        d.reconciler.states.size,
-      );
-      d.metrics.set(
-        "egresstrator_docker_connected",
-        "1 while the Docker event stream is up",
-        d.state.dockerConnected ? 1 : 0,
-      );
-      return d.metrics.render();
-    },
-  };
-}
-
-interface FollowDeps {
-  docker: DockerClient;
-  reconciler: Reconciler;
-  log: Logger;
-  signal: AbortSignal;
-  state: { dockerConnected: boolean };
-}
-
-/** Subscribe, full pass, stream; on any break: back off, resubscribe from the last event, full pass again. */
-async function followEvents({ docker, reconciler, log, signal, state }: FollowDeps): Promise<void> {
-  let since: string = (Date.now() / 1000).toFixed(3);
-  let backoff = 500;
-  let connectedOnce = false;
-  while (!signal.aborted) {
-    try {
-      await docker.negotiate(signal);
-      // Events since the last one seen cover the gap between listing and subscribing.
-      const stream = docker.events({
-        since,
-        filters: { type: ["container"], event: ["start", "die", "destroy"] },
-        signal,
-        onBadLine: (_line, reason) => log.warn("bad event from docker", { reason }),
-      });
-      const n = await reconciler.markAll(signal);
-      log.info(connectedOnce ? "reconnected to docker" : "connected to docker", { running: n });
-      connectedOnce = true;
-      state.dockerConnected = true;
-      backoff = 500;
-      for await (const ev of stream) {
-        since = (ev.timeNano / 1e9).toFixed(9);
-        if (ev.action === "start") reconciler.mark(ev.id, Math.floor(ev.timeNano / 1e6));
-        else reconciler.forget(ev.id);
-      }
-      state.dockerConnected = false;
-      if (!signal.aborted) log.warn("docker event stream ended; reconnecting");
-    } catch (err) {
-      state.dockerConnected = false;
-      if (signal.aborted) break;
-      log.warn("docker unavailable; retrying", { error: describeError(err), retryMs: backoff });
-      await pause(backoff * (0.5 + Math.random() / 2), signal);
-      backoff = Math.min(backoff * 2, 15_000);
-    }
-  }
-}
-
-function isStrings(v: unknown): v is string[] {
-  return Array.isArray(v) && v.every((x) => typeof x === "string");
-}
-
-/** `/v1/gate/render`: a container's rules from the warm caches, for the runtime gate. */
-async function gateRender(deps: Parameters<typeof buildRules>[0], body: unknown, signal: AbortSignal) {
-  const b = body as { id?: unknown; env?: unknown };
-  if (typeof b.id !== "string" || !/^[0-9a-f]{12,64}$/.test(b.id) || !isStrings(b.env)) {
-    return Response.json({ error: "body must be {id: <container id>, env: [KEY=value...]}" }, {
-      status: 400,
-    });
-  }
-  const intent = containerIntent(b.env, deps.config.policy);
-  if (!intent.enabled) return Response.json({ error: "container does not opt in" }, { status: 400 });
-  try {
-    const want = { id: b.id, name: b.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
-    const built = await buildRules(deps, want, AbortSignal.any([signal, AbortSignal.timeout(5000)]));
-    const { rendered, ...rest } = built;
-    return Response.json({ ...rest, ipv4: rendered.ipv4, ipv6: rendered.ipv6 });
-  } catch (err) {
-    return Response.json({ error: describeError(err) }, { status: 503 });
-  }
-}
-
-/** `/v1/gate/applied`: the gate applied rules before start; adopt them so the start event applies nothing. */
-function gateApplied(reconciler: Reconciler, body: unknown): Response {
-  const b = body as Partial<GateApplied>;
-  const ok = typeof b.id === "string" && typeof b.hash === "string" && isStrings(b.acls) &&
-    (b.policy === "protect" || b.policy === "allowlist") && typeof b.ruleCount === "number" &&
-    typeof b.denied === "boolean";
-  if (!ok) return Response.json({ error: "bad gate report" }, { status: 400 });
-  reconciler.adopt(b as GateApplied);
-  return new Response(null, { status: 204 });
 }

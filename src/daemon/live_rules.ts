@@ -4,7 +4,7 @@
  * saw; a change reports which keys it touched so only affected containers are recomputed.
  */
 import type { AclSnapshot, AclSource } from "../rules/acl_source.ts";
-import { ConsulAclSource } from "../rules/acl_source.ts";
+import { diffSnapshots, keysNaming, type RuleChange } from "../rules/change.ts";
 import type { ConsulClient } from "../consul/client.ts";
 import { watch } from "../consul/watch.ts";
 import { serviceKey, type ServiceLookup, toInstances } from "../rules/services.ts";
@@ -15,12 +15,6 @@ import { keyProblems, type RuleData, type RuleProvider } from "../rules/rule_cac
 import type { Logger } from "../log.ts";
 import type { Metrics } from "./metrics.ts";
 import { describeError } from "../errors.ts";
-
-/** Keys whose content changed (`changed`) or that came or went (`added`/`removed`). */
-export interface RuleChange {
-  changed: Set<string>;
-  addedOrRemoved: Set<string>;
-}
 
 /** Options of {@link LiveRules}. */
 export interface LiveOptions {
@@ -43,28 +37,6 @@ interface ServiceWatch {
   stop: AbortController;
 }
 
-/** Which keys differ between two snapshots (pure). */
-export function diffSnapshots(a: AclSnapshot | undefined, b: AclSnapshot): RuleChange {
-  const before = new Map((a?.entries ?? []).map((e) => [e.key, JSON.stringify(e.rules)]));
-  const after = new Map(b.entries.map((e) => [e.key, JSON.stringify(e.rules)]));
-  const change: RuleChange = { changed: new Set(), addedOrRemoved: new Set() };
-  for (const [k, v] of after) {
-    if (!before.has(k)) change.addedOrRemoved.add(k);
-    else if (before.get(k) !== v) change.changed.add(k);
-  }
-  for (const k of before.keys()) if (!after.has(k)) change.addedOrRemoved.add(k);
-  return change;
-}
-
-/** Keys whose rules name a service (pure). */
-export function keysNaming(snapshot: AclSnapshot, key: string): Set<string> {
-  return new Set(
-    snapshot.entries.filter((e) => e.rules.some((r) => r.kind === "service" && serviceKey(r) === key)).map((
-      e,
-    ) => e.key),
-  );
-}
-
 /** The watch-fed rule provider. */
 export class LiveRules implements RuleProvider {
   private snapshot?: AclSnapshot;
@@ -81,25 +53,22 @@ export class LiveRules implements RuleProvider {
     let resolveFirst!: () => void;
     this.firstKv = new Promise((r) => (resolveFirst = r));
     const src = this.opts.source;
-    if (src instanceof ConsulAclSource && this.opts.consul) {
-      const consul = this.opts.consul;
-      void watch({
-        name: src.description,
-        query: (index, signal, wait) =>
-          consul.kvTree(src.prefix, { index, wait, signal, stale: this.opts.stale }),
-        onChange: (data, index) => (this.setSnapshot(src.fromKv(data, index)), resolveFirst()),
-        onError: (err, attempt) => this.watchError(src.description, err, attempt, resolveFirst),
-        signal: this.opts.signal,
-        wait: this.opts.wait,
-        log: this.opts.log,
-      });
-    } else {
-      void this.watchDir(resolveFirst);
-    }
+    void src.watch({
+      onSnapshot: (snapshot) => (this.setSnapshot(snapshot), resolveFirst()),
+      onError: (err, attempt) => {
+        if (src.hasCatalog) this.watchError(src.description, err, attempt);
+        else this.opts.log.error("reading ACL directory failed", { error: describeError(err) });
+        resolveFirst();
+      },
+      signal: this.opts.signal,
+      wait: this.opts.wait,
+      stale: this.opts.stale,
+      log: this.opts.log,
+    });
     this.updateGauge();
   }
 
-  private watchError(name: string, err: unknown, attempt: number, resolveFirst?: () => void) {
+  private watchError(name: string, err: unknown, attempt: number) {
     this.opts.metrics.inc("egresstrator_consul_errors_total", "Failed Consul queries");
     const level = attempt === 1 ? "warn" : "debug";
     this.opts.log[level]("consul watch failed; retrying", {
@@ -107,35 +76,6 @@ export class LiveRules implements RuleProvider {
       attempt,
       error: describeError(err),
     });
-    resolveFirst?.();
-  }
-
-  private async watchDir(resolveFirst: () => void): Promise<void> {
-    const reread = async () => {
-      try {
-        this.setSnapshot(await this.opts.source.read(this.opts.signal));
-      } catch (err) {
-        this.opts.log.error("reading ACL directory failed", { error: describeError(err) });
-      }
-      resolveFirst();
-    };
-    await reread();
-    const dir = (this.opts.source as { dir?: string }).dir!;
-    let debounce: ReturnType<typeof setTimeout> | undefined;
-    try {
-      const watcher = Deno.watchFs(dir, { recursive: true });
-      this.opts.signal.addEventListener("abort", () => watcher.close(), { once: true });
-      for await (const _ev of watcher) {
-        clearTimeout(debounce);
-        debounce = setTimeout(reread, 100);
-      }
-    } catch (err) {
-      if (!this.opts.signal.aborted) {
-        this.opts.log.error("watching ACL directory failed", { error: describeError(err) });
-      }
-    } finally {
-      clearTimeout(debounce);
-    }
   }
 
   private setSnapshot(next: AclSnapshot): void {

@@ -83,3 +83,23 @@ export class Metrics {
 
 /** Buckets for time-to-enforce, in seconds. */
 export const ENFORCE_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** Count one reconcile decision, and for writes the time from mark to rules in place. */
+export function recordDecision(m: Metrics, mode: string, status: string, markedAt: number): void {
+  if (status === "skipped") return;
+  m.inc("egresstrator_decisions_total", "Reconcile decisions by result", { mode, result: status });
+  if (status === "applied" || status === "denied") {
+    m.inc("egresstrator_applies_total", "Rule sets written into a namespace", { mode });
+    const secs = Math.max(0, Date.now() - markedAt) / 1000;
+    m.observe(
+      "egresstrator_time_to_enforce_seconds",
+      "From start event or change to rules in place",
+      secs,
+      ENFORCE_BUCKETS,
+      { mode },
+    );
+  }
+  if (status === "failed") {
+    m.inc("egresstrator_apply_failures_total", "Failed decisions (retried)", { mode });
+  }
+}

@@ -5,50 +5,14 @@
  */
 import type { ContainerInfo } from "../docker/types.ts";
 import type { Logger } from "../log.ts";
-import type { Policy } from "../config/config.ts";
-import { enforce, type EnforceDeps, EnforceFailure } from "../apply/enforce.ts";
+import type { ContainerState, GateApplied } from "./state.ts";
+import { enforce, type EnforceDeps, EnforceFailure, savedHash } from "../apply/enforce.ts";
 import { describeError, DockerError } from "../errors.ts";
-import { savedHash } from "../apply/enforce.ts";
+
 import { affectedBy, type Enforced } from "./affected.ts";
-import type { RuleChange } from "./live_rules.ts";
-import { ENFORCE_BUCKETS, type Metrics } from "./metrics.ts";
-
-/** Run `fn` over items, at most `n` at a time. */
-export async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const queue = [...items];
-  await Promise.all(Array.from({ length: Math.min(n, queue.length) }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
-  }));
-}
-
-/** What the loop remembers per enforced container (also what `/status` shows). */
-export interface ContainerState {
-  id: string;
-  name: string;
-  acls: string[];
-  policy: Policy;
-  hash?: string;
-  /** Hash of the tables as read back after the last apply: what drift checks compare with. */
-  savedHash?: string;
-  ruleCount: number;
-  mode: string;
-  lastApplied?: string;
-  lastError?: string;
-  /** True while the container holds the deny-all set because its real rules could not be built. */
-  denied: boolean;
-  attempts: number;
-}
-
-/** What the runtime gate reports after applying rules before a container's start. */
-export interface GateApplied {
-  id: string;
-  hash: string;
-  savedHash?: string;
-  acls: string[];
-  policy: Policy;
-  ruleCount: number;
-  denied: boolean;
-}
+import type { RuleChange } from "../rules/change.ts";
+import { type Metrics, recordDecision } from "./metrics.ts";
+import { backoffDelay, pool } from "../util/async.ts";
 
 /** The Docker calls the loop makes. */
 export interface ReconcileDocker {
@@ -224,7 +188,7 @@ export class Reconciler {
     if (this.closed || this.timers.has(id)) return;
     const min = this.opts.retryMinMs ?? 1000;
     const max = this.opts.retryMaxMs ?? 30_000;
-    const delay = Math.min(max, min * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
+    const delay = backoffDelay(attempts + 1, min, max);
     this.timers.set(id, setTimeout(() => (this.timers.delete(id), this.mark(id)), delay));
   }
 
@@ -287,24 +251,7 @@ export class Reconciler {
   }
 
   private record(status: string, markedAt: number): void {
-    const m = this.opts.metrics;
-    if (!m || status === "skipped") return;
-    const mode = this.opts.applier.mode;
-    m.inc("egresstrator_decisions_total", "Reconcile decisions by result", { mode, result: status });
-    if (status === "applied" || status === "denied") {
-      m.inc("egresstrator_applies_total", "Rule sets written into a namespace", { mode });
-      const secs = Math.max(0, Date.now() - markedAt) / 1000;
-      m.observe(
-        "egresstrator_time_to_enforce_seconds",
-        "From start event or change to rules in place",
-        secs,
-        ENFORCE_BUCKETS,
-        { mode },
-      );
-    }
-    if (status === "failed") {
-      m.inc("egresstrator_apply_failures_total", "Failed decisions (retried)", { mode });
-    }
+    if (this.opts.metrics) recordDecision(this.opts.metrics, this.opts.applier.mode, status, markedAt);
   }
 
   private async failed(id: string, info: ContainerInfo, err: unknown, prev?: ContainerState): Promise<void> {

@@ -42,8 +42,6 @@ export interface CreateHelperSpec {
   /** Container id whose network namespace the helper joins (`NetworkMode: container:<id>`). */
   networkContainer: string;
   capAdd: string[];
-  /** Open stdin for attaching (OpenStdin, StdinOnce, AttachStdin). */
-  stdin?: boolean;
 }
 
 /** A command to exec in a running container. */
@@ -111,15 +109,14 @@ export function toContainerInfo(raw: Json): ContainerInfo {
 
 /** The `POST /containers/create` body for a helper container. */
 export function helperBody(spec: CreateHelperSpec): Json {
-  const stdin = spec.stdin === true;
   return {
     Image: spec.image,
     Cmd: spec.cmd,
     Env: spec.env ?? [],
     Labels: spec.labels ?? {},
-    AttachStdin: stdin,
-    OpenStdin: stdin,
-    StdinOnce: stdin,
+    AttachStdin: false,
+    OpenStdin: false,
+    StdinOnce: false,
     AttachStdout: true,
     AttachStderr: true,
     Tty: false,

@@ -46,6 +46,3 @@ export function bundleDir(rest: readonly string[]): string | undefined {
   }
   return undefined;
 }
-
-/** Kept for `start <id>`, whose only positional argument is the id. */
-export const startId = containerId;

@@ -7,6 +7,7 @@ import type { ContainerRef, Destination, RulePlan } from "../rules/plan.ts";
 import type { Family, Proto } from "../rules/grammar.ts";
 import type { Policy } from "../config/config.ts";
 import { TemplateError } from "../errors.ts";
+import { commentSafe } from "../util/text.ts";
 
 /** A destination with its iptables match ready to print. */
 export interface TemplateDestination extends Destination {
@@ -70,11 +71,6 @@ export function portMatch(proto: Proto, from: number, to: number): string {
     : `-p ${proto} -m multiport --dports ${from}:${to}`;
 }
 
-/** Anything from outside (ACL names from a container's env) made harmless for a `#` comment. */
-export function commentSafe(text: string): string {
-  return text.replace(/[^A-Za-z0-9_.,/@:+=-]/g, "?").slice(0, 200);
-}
-
 function forFamily(acls: RulePlan["allowed"], family: Family): TemplateAcl[] {
   return acls.map((a) => ({
     key: a.key,
@@ -95,8 +91,8 @@ export function templateContext(plan: RulePlan, family: Family, version: string)
     container: plan.container
       ? { id: commentSafe(plan.container.id), name: commentSafe(plan.container.name) }
       : null,
-    acls: plan.acls.map(commentSafe),
-    missing: plan.missing.map(commentSafe),
+    acls: plan.acls.map((a) => commentSafe(a)),
+    missing: plan.missing.map((m) => commentSafe(m)),
     allowed: forFamily(plan.allowed, family),
     protected: forFamily(plan.protected, family),
     dnsResolvers: plan.dnsResolvers[family],

@@ -6,6 +6,9 @@
 import { join, relative, sep } from "node:path";
 import { parseAcl, type Rule, type RuleProblem } from "./grammar.ts";
 import { ValidationError } from "../errors.ts";
+import { displayText } from "../util/text.ts";
+import { watch as blockingWatch } from "../consul/watch.ts";
+import type { Logger } from "../log.ts";
 
 /** One ACL key and what it holds. */
 export interface AclEntry {
@@ -29,6 +32,24 @@ export interface AclSource {
   /** True when `<tag>.<service>` rules can be resolved (Consul); false for a directory. */
   readonly hasCatalog: boolean;
   read(signal?: AbortSignal): Promise<AclSnapshot>;
+  /**
+   * Follow the source until `signal` aborts: `onSnapshot` with the first snapshot and each one after a
+   * change, `onError` for each failed read (retried by the source). Never rejects.
+   */
+  watch(w: AclWatch): Promise<void>;
+}
+
+/** Where a watch delivers, and how it blocks. */
+export interface AclWatch {
+  onSnapshot(snapshot: AclSnapshot): void;
+  /** `attempt` counts consecutive failures from 1. */
+  onError(err: unknown, attempt: number): void;
+  signal: AbortSignal;
+  /** Consul's blocking wait ("55s" by default). */
+  wait?: string;
+  /** Let any Consul server answer. */
+  stale?: boolean;
+  log?: Logger;
 }
 
 /** Keys are limited to what is safe in a comment or a log line. */
@@ -45,11 +66,6 @@ export function keyProblem(key: string): string | undefined {
   return undefined;
 }
 
-function safeKey(key: string): string {
-  const short = key.length > 80 ? key.slice(0, 77) + "..." : key;
-  return JSON.stringify(short).slice(1, -1);
-}
-
 /** Parse one key's raw bytes (pure). */
 export function parseEntry(
   key: string,
@@ -57,7 +73,9 @@ export function parseEntry(
   size = bytes?.length ?? 0,
 ): AclEntry | RuleProblem {
   const bad = keyProblem(key);
-  if (bad) return { key: safeKey(key), line: 0, text: "", reason: bad + "; key ignored", severity: "error" };
+  if (bad) {
+    return { key: displayText(key), line: 0, text: "", reason: bad + "; key ignored", severity: "error" };
+  }
   if (size > MAX_VALUE_BYTES) {
     const reason = `value is larger than 1 MiB (${size} bytes); key ignored`;
     return { key, line: 0, text: "", reason, severity: "error" };
@@ -88,7 +106,10 @@ export function snapshotFrom(pairs: RawPair[], index?: number): AclSnapshot {
 
 /** The part of the Consul client this source needs. */
 export interface KvReader {
-  kvTree(prefix: string, q?: { signal?: AbortSignal }): Promise<{
+  kvTree(
+    prefix: string,
+    q?: { signal?: AbortSignal; index?: number; wait?: string; stale?: boolean },
+  ): Promise<{
     data: { key: string; value: Uint8Array | null }[];
     index: number;
   }>;
@@ -114,7 +135,19 @@ export class ConsulAclSource implements AclSource {
     const res = await this.kv.kvTree(this.prefix, { signal });
     return this.fromKv(res.data, res.index);
   }
-  /** Turn a KV listing into a snapshot (also used by the KV watch). */
+  /** One blocking query on the prefix at a time; a snapshot per change of Consul's index. */
+  watch(w: AclWatch): Promise<void> {
+    return blockingWatch({
+      name: this.description,
+      query: (index, signal, wait) => this.kv.kvTree(this.prefix, { index, wait, signal, stale: w.stale }),
+      onChange: (data, index) => w.onSnapshot(this.fromKv(data, index)),
+      onError: w.onError,
+      signal: w.signal,
+      wait: w.wait,
+      log: w.log,
+    });
+  }
+  /** Turn a KV listing into a snapshot. */
   fromKv(data: { key: string; value: Uint8Array | null }[], index?: number): AclSnapshot {
     const pairs = data
       .filter((p) => p.key.startsWith(this.prefix) && !p.key.endsWith("/"))
@@ -143,6 +176,32 @@ export class DirAclSource implements AclSource {
     }
     await this.walk(this.dir, pairs, signal, 0);
     return snapshotFrom(pairs);
+  }
+  /** Read now, then again 100 ms after the last file event. */
+  async watch(w: AclWatch): Promise<void> {
+    let failures = 0;
+    const reread = async () => {
+      try {
+        w.onSnapshot(await this.read(w.signal));
+        failures = 0;
+      } catch (err) {
+        if (!w.signal.aborted) w.onError(err, ++failures);
+      }
+    };
+    await reread();
+    let debounce: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const watcher = Deno.watchFs(this.dir, { recursive: true });
+      w.signal.addEventListener("abort", () => watcher.close(), { once: true });
+      for await (const _ev of watcher) {
+        clearTimeout(debounce);
+        debounce = setTimeout(reread, 100);
+      }
+    } catch (err) {
+      if (!w.signal.aborted) w.onError(err, ++failures);
+    } finally {
+      clearTimeout(debounce);
+    }
   }
   private async walk(dir: string, out: RawPair[], signal?: AbortSignal, depth = 0) {
     if (depth > 16) return;

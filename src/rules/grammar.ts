@@ -6,6 +6,7 @@
  * Blank lines and `#` comments are ignored. Everything renders from the parsed values only.
  */
 import { type Family, formatAddress, maskBytes, maxPrefix, parseIPv4, parseIPv6 } from "./ip.ts";
+import { displayText, escapeControls } from "../util/text.ts";
 
 export type { Family } from "./ip.ts";
 export type Proto = "tcp" | "udp";
@@ -175,20 +176,6 @@ export function parseRuleLine(raw: string): LineResult {
     ok: false,
     reason: "not <ip>/<mask>:<proto>/<ports>, [<ipv6>]/<mask>:<proto>/<ports> or <tag>.<service>",
   };
-}
-
-// deno-lint-ignore no-control-regex
-const CONTROLS = /[\u0000-\u001f\u007f-\u009f]/g;
-
-/** Control characters (C0, DEL, C1) as visible `\xNN` escapes, so text from a KV value cannot drive a terminal. */
-export function escapeControls(text: string): string {
-  return text.replace(CONTROLS, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
-}
-
-/** Make text safe and short for an error line: no control characters, at most 80 characters. */
-export function displayText(text: string): string {
-  const cut = text.length > 80 ? text.slice(0, 77) + "..." : text;
-  return escapeControls(cut.replace(/\r$/, "").trim());
 }
 
 /** Parse a whole ACL value. Bad lines become problems; good lines are kept, whatever else is wrong. */

@@ -2,7 +2,7 @@
 import type { Policy } from "../config/config.ts";
 import { parseAclList } from "./plan.ts";
 import { keyProblem } from "./acl_source.ts";
-import { commentSafe } from "../render/renderer.ts";
+import { commentSafe } from "../util/text.ts";
 
 /** A container's request, and what was wrong with its env. */
 export interface Intent {

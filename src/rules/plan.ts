@@ -4,7 +4,8 @@
  */
 import type { Policy } from "../config/config.ts";
 import type { Family, PortRange, Proto, Rule, RuleProblem } from "./grammar.ts";
-import { displayText, formatRule } from "./grammar.ts";
+import { formatRule } from "./grammar.ts";
+import { commentSafe, displayText } from "../util/text.ts";
 import type { AclSnapshot } from "./acl_source.ts";
 import { serviceKey, type ServiceLookup } from "./services.ts";
 import { formatAddress, parseAddress } from "./ip.ts";
@@ -70,14 +71,10 @@ export function parseAclList(value: string | undefined): string[] {
   return [...new Set(value.split(",").map((s) => s.trim()).filter(Boolean))];
 }
 
-/** Catalog names are Consul's, not ours: keep only what is safe in a comment or a log line. */
-function safeName(text: string): string {
-  return text.replace(/[^A-Za-z0-9_.:-]/g, "?").slice(0, 64);
-}
-
 function instanceDestination(rule: Rule, inst: { node: string; address: string; port: number }) {
   const name = formatRule(rule);
-  const node = safeName(inst.node);
+  // Catalog names are Consul's, not ours: keep only what is safe in a comment or a log line.
+  const node = commentSafe(inst.node, 64);
   const addr = parseAddress(inst.address);
   if (!addr) {
     return `${name}: instance on node ${node} has address "${displayText(inst.address)}", not an IP; skipped`;

@@ -65,7 +65,13 @@ Deno.test("acl_source: bad key names become key problems, the other keys survive
     assert.deepEqual(problems[k], { key: k, line: 0, text: "", reason: names, severity: "error" }, k);
   }
   // a newline in a key name is escaped, never printed raw
-  assert.deepEqual(problems["a\\nb"], { key: "a\\nb", line: 0, text: "", reason: names, severity: "error" });
+  assert.deepEqual(problems["a\\x0ab"], {
+    key: "a\\x0ab",
+    line: 0,
+    text: "",
+    reason: names,
+    severity: "error",
+  });
   const longKey = "k".repeat(77) + "...";
   assert.deepEqual(problems[longKey], {
     key: longKey,

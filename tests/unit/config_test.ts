@@ -195,15 +195,18 @@ Deno.test("config: parseDuration", () => {
     [" 3s ", 3_000],
     ["1ms", 1],
     ["1440m", 24 * 3600_000],
+    ["10h", 10 * 3600_000],
+    ["1m30s", 90_000],
+    ["24h", 24 * 3600_000],
   ];
   for (const [text, ms] of ok) assert.equal(parseDuration("--t", text), ms, text);
-  for (const bad of ["", "s", "10h", "1d", "-1s", "10 s", "1e3", "ten", "1.s", ".5s", "10S"]) {
+  for (const bad of ["", "s", "1d", "-1s", "10 s", "1e3", "ten", "1.s", ".5s", "10S"]) {
     configError(
       () => parseDuration("--t", bad),
-      `--t must be a duration like 10s, 500ms or 2m, not "${bad}"`,
+      `--t must be a duration like 10s, 500ms, 2m, 1h or 1m30s, not "${bad}"`,
     );
   }
-  for (const out of ["0", "0s", "0ms", "1441m", "86401s"]) {
+  for (const out of ["0", "0s", "0ms", "1441m", "86401s", "25h"]) {
     configError(() => parseDuration("--t", out), `--t must be between 1ms and 24h, not "${out}"`);
   }
 });

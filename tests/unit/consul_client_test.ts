@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { ConsulClient, normalizeConsulAddress, parseDurationMs } from "../../src/consul/client.ts";
+import { ConsulClient, normalizeConsulAddress } from "../../src/consul/client.ts";
+import { parseDuration } from "../../src/config/duration.ts";
 import { ConfigError, ConsulError, ValidationError } from "../../src/errors.ts";
 
 /** closing aborts just before the server shuts down, so hanging handlers can finish. */
@@ -103,14 +104,15 @@ Deno.test("normalizeConsulAddress: table", async (t) => {
   }
 });
 
-Deno.test("parseDurationMs: go durations", () => {
-  assert.equal(parseDurationMs("55s"), 55_000);
-  assert.equal(parseDurationMs("5m"), 300_000);
-  assert.equal(parseDurationMs("1m30s"), 90_000);
-  assert.equal(parseDurationMs("250ms"), 250);
-  assert.equal(parseDurationMs("1.5s"), 1500);
-  for (const bad of ["", "10", "s", "10x", "-1s", "1s "]) {
-    assert.throws(() => parseDurationMs(bad), ConfigError, bad);
+Deno.test("parseDuration: the blocking wait takes go durations (one grammar with every option)", () => {
+  assert.equal(parseDuration("wait", "55s"), 55_000);
+  assert.equal(parseDuration("wait", "5m"), 300_000);
+  assert.equal(parseDuration("wait", "1m30s"), 90_000);
+  assert.equal(parseDuration("wait", "250ms"), 250);
+  assert.equal(parseDuration("wait", "1.5s"), 1500);
+  assert.equal(parseDuration("wait", "1h"), 3_600_000);
+  for (const bad of ["", "s", "10x", "-1s", "1s1", "1 s"]) {
+    assert.throws(() => parseDuration("wait", bad), ConfigError, bad);
   }
 });
 

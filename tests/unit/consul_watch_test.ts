@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { QueryResult } from "../../src/consul/client.ts";
-import { abortableSleep, backoffDelay, nextIndex, watch } from "../../src/consul/watch.ts";
+import { nextIndex, watch } from "../../src/consul/watch.ts";
+import { abortableSleep, backoffDelay } from "../../src/util/async.ts";
 
 /** One scripted answer of the fake query: a result, or an error to throw. */
 type Step = { index: number; data?: string } | { error: string };

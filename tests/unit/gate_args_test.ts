@@ -3,7 +3,7 @@
  * shares with the daemon, and registering the runtime in daemon.json (pure functions and the CLI).
  */
 import assert from "node:assert/strict";
-import { bundleDir, containerId, parseRuncArgs, type RuncArgs, startId } from "../../src/gate/runc_args.ts";
+import { bundleDir, containerId, parseRuncArgs, type RuncArgs } from "../../src/gate/runc_args.ts";
 import { parseEnvFile } from "../../src/gate/env_file.ts";
 import { addRuntime, removeRuntime, RUNTIME_NAME } from "../../src/cli/commands/runtime_config.ts";
 import { runCli } from "../support/run_cli.ts";
@@ -132,7 +132,7 @@ Deno.test("parseRuncArgs does not modify its input", () => {
   assert.deepEqual(argv, [...SHIM, "start", ID]);
 });
 
-Deno.test("containerId (and startId): the last argument that is neither an option nor its value", () => {
+Deno.test("containerId: the last argument that is neither an option nor its value", () => {
   const cases: [string[], string | undefined][] = [
     [[ID], ID],
     [["--detach", ID], ID],
@@ -144,7 +144,6 @@ Deno.test("containerId (and startId): the last argument that is neither an optio
   ];
   for (const [rest, want] of cases) {
     assert.equal(containerId(rest), want, JSON.stringify(rest));
-    assert.equal(startId(rest), want, JSON.stringify(rest));
   }
 });
 

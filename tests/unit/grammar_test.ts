@@ -5,7 +5,6 @@
 import assert from "node:assert/strict";
 import {
   type CidrRule,
-  displayText,
   formatProblem,
   formatRule,
   type LineResult,
@@ -16,6 +15,7 @@ import {
   type RuleBody,
   type RuleProblem,
 } from "../../src/rules/grammar.ts";
+import { displayText } from "../../src/util/text.ts";
 import { parseEntry } from "../../src/rules/acl_source.ts";
 
 const v4 = (address: string, prefix: number, proto: "tcp" | "udp", from: number, to = from): CidrRule => ({

@@ -1,6 +1,6 @@
 // Pure parts of the live-rules path: snapshot diffs, who a change affects, which services to watch.
 import assert from "node:assert/strict";
-import { diffSnapshots, keysNaming } from "../../src/daemon/live_rules.ts";
+import { diffSnapshots, keysNaming } from "../../src/rules/change.ts";
 import { affectedBy, type Enforced, neededServices } from "../../src/daemon/affected.ts";
 import { snapshotFrom } from "../../src/rules/acl_source.ts";
 

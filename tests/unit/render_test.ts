@@ -13,7 +13,6 @@ import type { Policy } from "../../src/config/config.ts";
 import {
   checkRendered,
   CLEAR_TEXT,
-  commentSafe,
   loadTemplates,
   portMatch,
   Renderer,
@@ -21,6 +20,7 @@ import {
   type TemplateContext,
   templateContext,
 } from "../../src/render/renderer.ts";
+import { commentSafe } from "../../src/util/text.ts";
 import { TemplateError } from "../../src/errors.ts";
 import { VERSION } from "../../src/version.ts";
 

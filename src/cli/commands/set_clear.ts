@@ -12,7 +12,7 @@ import { containerIntent } from "../../rules/intent.ts";
 import { CLEAR_TEXT } from "../../render/renderer.ts";
 import { parseAclList } from "../../rules/plan.ts";
 import { createLogger } from "../../log.ts";
-import { pool } from "../../daemon/reconcile.ts";
+import { pool } from "../../util/async.ts";
 import type { Out } from "./io.ts";
 
 /** Options of `set` and `clear`. */

@@ -1,0 +1,31 @@
+/** What the daemon remembers per container: the rows of `/status`, and what the gate reports. */
+import type { Policy } from "../config/config.ts";
+
+/** What the loop remembers per enforced container (also what `/status` shows). */
+export interface ContainerState {
+  id: string;
+  name: string;
+  acls: string[];
+  policy: Policy;
+  hash?: string;
+  /** Hash of the tables as read back after the last apply: what drift checks compare with. */
+  savedHash?: string;
+  ruleCount: number;
+  mode: string;
+  lastApplied?: string;
+  lastError?: string;
+  /** True while the container holds the deny-all set because its real rules could not be built. */
+  denied: boolean;
+  attempts: number;
+}
+
+/** What the runtime gate reports after applying rules before a container's start. */
+export interface GateApplied {
+  id: string;
+  hash: string;
+  savedHash?: string;
+  acls: string[];
+  policy: Policy;
+  ruleCount: number;
+  denied: boolean;
+}
