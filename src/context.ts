@@ -39,20 +39,27 @@ export interface RuleContext {
   source: AclSource;
   consul?: ConsulClient;
   renderer: Renderer;
+  /** The built-in templates alone: deny-all never depends on a custom template. */
+  denyRenderer: Renderer;
   close(): void;
 }
 
 /** Open the ACL source (Consul or --acl-dir) and load the templates. */
 export async function openRuleContext(config: Config, signal?: AbortSignal): Promise<RuleContext> {
-  const renderer = new Renderer(await loadTemplates(config.templateFile), VERSION);
+  const templates = await loadTemplates(config.templateFile);
+  const renderer = new Renderer(templates, VERSION);
+  const denyRenderer = templates.custom
+    ? new Renderer({ ...templates, custom: undefined }, VERSION)
+    : renderer;
   if (config.aclDir) {
-    return { source: new DirAclSource(config.aclDir), renderer, close() {} };
+    return { source: new DirAclSource(config.aclDir), renderer, denyRenderer, close() {} };
   }
   const consul = await openConsul(config, signal);
   return {
     source: new ConsulAclSource(consul, config.kvPath),
     consul,
     renderer,
+    denyRenderer,
     close: () => consul.close(),
   };
 }

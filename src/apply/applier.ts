@@ -12,6 +12,8 @@ export interface ApplyTarget {
 /** Puts a whole filter table (both families) into a namespace, atomically per family. */
 export interface Applier {
   readonly mode: ApplyMode;
+  /** False when the kernel has no IPv6 at all: then only the IPv4 table is written (and read). */
+  readonly ipv6: boolean;
   /**
    * Both families are checked (`--test`) before either is written, and ipv4 is rolled back if ipv6
    * fails, so a bad text changes nothing.
@@ -67,7 +69,7 @@ export const denoRunner: CommandRunner = {
  * Texts arrive in env vars split into chunks (EGT4_0, EGT4_1, ... / EGT6_0, ...), so no temp files and
  * no single string over the kernel's 128 KiB limit.
  */
-export function applyScript(chunks4: number, chunks6: number): string {
+export function applyScript(chunks4: number, chunks6: number, ipv6 = true): string {
   const cat = (fam: string, n: number) =>
     `printf '%s' ${Array.from({ length: n }, (_, i) => `"$EGT${fam}_${i}"`).join(" ")}`;
   const v4 = cat("4", chunks4);
@@ -77,6 +79,13 @@ export function applyScript(chunks4: number, chunks6: number): string {
   // families change or neither does.
   const rollback = `{ printf '%s\\n' "$old4" | iptables-restore; ` +
     `echo "egresstrator: ipv6 rules failed; ipv4 rules rolled back" >&2; exit 4; }`;
+  if (!ipv6) {
+    return [
+      `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`,
+      `${v4} | iptables-restore || exit 4`,
+      readScript(false),
+    ].join("\n");
+  }
   return [
     `old4=$(iptables-save -t filter) || exit 5`,
     `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`,
@@ -97,17 +106,43 @@ export function chunkEnv(fam: "4" | "6", text: string): Record<string, string> {
   return env;
 }
 
-/** Env and script for applying both families. */
-export function applyPayload(rules: RenderedRules): { env: Record<string, string>; script: string } {
-  const env = { ...chunkEnv("4", rules.ipv4), ...chunkEnv("6", rules.ipv6) };
+/** Env and script for applying both families (IPv4 alone when `ipv6` is false). */
+export function applyPayload(
+  rules: RenderedRules,
+  ipv6 = true,
+): { env: Record<string, string>; script: string } {
+  const env = { ...chunkEnv("4", rules.ipv4), ...(ipv6 ? chunkEnv("6", rules.ipv6) : {}) };
   const n4 = Object.keys(env).filter((k) => k.startsWith("EGT4_")).length;
   const n6 = Object.keys(env).length - n4;
-  return { env, script: applyScript(n4, n6) };
+  return { env, script: applyScript(n4, n6, ipv6) };
 }
 
 /** Script that prints both filter tables, separated by a marker line. */
 export const READ_SCRIPT =
   "iptables-save -t filter && echo '#--egresstrator-ipv6--' && ip6tables-save -t filter";
+
+/** {@link READ_SCRIPT}, or the IPv4 table alone on a kernel without IPv6. */
+export function readScript(ipv6: boolean): string {
+  return ipv6 ? READ_SCRIPT : "iptables-save -t filter";
+}
+
+/**
+ * Whether this kernel has IPv6 at all. Booted with `ipv6.disable=1` it has no `/proc/sys/net/ipv6`, no
+ * namespace can have IPv6 traffic, and ip6tables-restore cannot even initialise its table. (A namespace
+ * with IPv6 merely switched off by sysctl still has the directory, and still gets its IPv6 rules.)
+ */
+export function kernelHasIPv6(exists: (path: string) => boolean = pathExists): boolean {
+  return exists("/proc/sys/net/ipv6/conf");
+}
+
+function pathExists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Saved tables without comments, counters or blank lines: equal text means equal rules. */
 export function normalizeSaved(text: string): string {

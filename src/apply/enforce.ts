@@ -37,14 +37,24 @@ export type EnforceOutcome =
     savedHash?: string;
     ruleCount: number;
     notes: string[];
-    /** Set for "denied": why the real rules could not be built. */
+    /** Set for "denied": why the real rules could not be built or written. */
     error?: string;
   };
 
-/** Thrown when the rules could not be built or applied; `notes` carry ACL problems found on the way. */
+/**
+ * Thrown when the rules could not be built or applied; `notes` carry ACL problems found on the way.
+ * `unfiltered`: nothing of ours is known to be in the namespace (no earlier apply there, and deny-all
+ * could not be written either, or was not asked for).
+ */
 export class EnforceFailure extends Error {
-  constructor(message: string, readonly notes: string[], opts: { cause?: unknown } = {}) {
+  readonly unfiltered: boolean;
+  constructor(
+    message: string,
+    readonly notes: string[],
+    opts: { cause?: unknown; unfiltered?: boolean } = {},
+  ) {
     super(message, { cause: opts.cause });
+    this.unfiltered = opts.unfiltered ?? false;
   }
 }
 
@@ -80,28 +90,10 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
     notes.push(...built.notes);
   } catch (err) {
     req.signal.throwIfAborted();
-    const why = describeError(err);
-    // Keep what is in place; with nothing in place, --on-error deny shuts egress until it works.
-    if (req.previousHash || deps.config.onError !== "deny") {
-      throw new EnforceFailure(`rules for ${info.name} could not be built: ${why}`, notes, {
-        cause: err,
-      });
-    }
-    const rendered = deps.renderer().renderAll(denyPlan(deps.config, info));
-    const { hash, saved } = await applyIfChanged(deps, req, rendered).catch((e) => {
-      throw new EnforceFailure(describeError(e), notes, { cause: e });
-    });
-    const ruleCount = countRules(rendered);
-    return {
-      status: "denied",
-      acls: want.acls,
-      policy: "allowlist",
-      hash,
-      savedHash: saved,
-      ruleCount,
-      notes,
-      error: why,
-    };
+    const why = `rules for ${info.name} could not be built: ${describeError(err)}`;
+    // Keep what is in place: it was complete when it was written.
+    if (req.previousHash) throw new EnforceFailure(why, notes, { cause: err });
+    return await failClosed(deps, req, want, notes, why, err);
   }
   try {
     const { hash, applied, saved } = await applyIfChanged(deps, req, built.rendered, built.hash);
@@ -117,6 +109,46 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
     };
   } catch (err) {
     req.signal.throwIfAborted();
-    throw new EnforceFailure(describeError(err), notes, { cause: err });
+    // A failed restore changes nothing (atomic per family, ipv4 rolled back), so what was there stays;
+    // the rules it should have replaced may be stale, so deny-all goes in where it can.
+    return await failClosed(deps, req, want, notes, `rules could not be applied: ${describeError(err)}`, err);
   }
+}
+
+/**
+ * The real rules cannot be had or written: with `--on-error deny`, deny-all (built-in templates only, so
+ * it cannot depend on a custom template that may be what failed). Throws EnforceFailure when that is not
+ * asked for or fails too; `unfiltered` when nothing of ours was in this namespace before.
+ */
+async function failClosed(
+  deps: EnforceDeps,
+  req: EnforceRequest,
+  want: { acls: string[] },
+  notes: string[],
+  why: string,
+  cause: unknown,
+): Promise<EnforceOutcome> {
+  const unfiltered = !req.previousHash;
+  if (deps.config.onError !== "deny") throw new EnforceFailure(why, notes, { cause, unfiltered });
+  const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(denyPlan(deps.config, req.info));
+  let applied;
+  try {
+    applied = await applyIfChanged(deps, req, rendered);
+  } catch (err) {
+    req.signal.throwIfAborted();
+    throw new EnforceFailure(`${why}; deny-all failed too: ${describeError(err)}`, notes, {
+      cause,
+      unfiltered,
+    });
+  }
+  return {
+    status: "denied",
+    acls: want.acls,
+    policy: "allowlist",
+    hash: applied.hash,
+    savedHash: applied.saved,
+    ruleCount: countRules(rendered),
+    notes,
+    error: why,
+  };
 }

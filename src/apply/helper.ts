@@ -4,7 +4,7 @@
  * timeout and shutdown alike.
  */
 import type { Applier, ApplyTarget } from "./applier.ts";
-import { applyPayload, READ_SCRIPT, splitRead } from "./applier.ts";
+import { applyPayload, readScript, splitRead } from "./applier.ts";
 import type { RenderedRules } from "../render/renderer.ts";
 import { ApplyError, describeError, DockerError } from "../errors.ts";
 import type { CreateHelperSpec } from "../docker/types.ts";
@@ -29,11 +29,16 @@ export interface HelperOptions {
   image: string;
   timeoutMs: number;
   log: Logger;
+  /** Write the IPv6 table too (false on a kernel without IPv6). */
+  ipv6?: boolean;
 }
 
 /** The helper-container applier. */
 export class HelperApplier implements Applier {
   readonly mode = "helper" as const;
+  get ipv6(): boolean {
+    return this.opts.ipv6 ?? true;
+  }
   private imageReady?: Promise<void>;
   constructor(private readonly docker: HelperDocker, private readonly opts: HelperOptions) {}
 
@@ -111,7 +116,7 @@ export class HelperApplier implements Applier {
   }
 
   async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules> {
-    const { env, script } = applyPayload(rules);
+    const { env, script } = applyPayload(rules, this.ipv6);
     const res = await this.runHelper(target, script, env, signal).catch((err) => {
       signal.throwIfAborted();
       throw this.failure("apply to", target, err);
@@ -124,7 +129,7 @@ export class HelperApplier implements Applier {
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {
-    const res = await this.runHelper(target, READ_SCRIPT, {}, signal).catch((err) => {
+    const res = await this.runHelper(target, readScript(this.ipv6), {}, signal).catch((err) => {
       signal.throwIfAborted();
       throw this.failure("read rules of", target, err);
     });

@@ -1,6 +1,6 @@
 /** Apply with `nsenter --net=/proc/<pid>/ns/net` and the host's iptables-restore. Needs root and host PID ns. */
 import type { Applier, ApplyTarget, CommandRunner } from "./applier.ts";
-import { applyPayload, READ_SCRIPT, splitRead } from "./applier.ts";
+import { applyPayload, readScript, splitRead } from "./applier.ts";
 import type { RenderedRules } from "../render/renderer.ts";
 import { ApplyError } from "../errors.ts";
 
@@ -15,9 +15,25 @@ function hint(stderr: string): string {
 }
 
 /** The nsenter applier. */
+/** Options of {@link NsenterApplier}. */
+export interface NsenterOptions {
+  /** Write the IPv6 table too (false on a kernel without IPv6). */
+  ipv6?: boolean;
+  /** Deadline of one apply or read: a hung child is killed, never holds a worker. */
+  timeoutMs?: number;
+  nsenter?: string;
+}
+
 export class NsenterApplier implements Applier {
   readonly mode = "nsenter" as const;
-  constructor(private readonly runner: CommandRunner, private readonly nsenter = "nsenter") {}
+  readonly ipv6: boolean;
+  private readonly timeoutMs: number;
+  private readonly nsenter: string;
+  constructor(private readonly runner: CommandRunner, opts: NsenterOptions = {}) {
+    this.ipv6 = opts.ipv6 ?? true;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.nsenter = opts.nsenter ?? "nsenter";
+  }
 
   private nsArgs(target: ApplyTarget): string[] {
     if (!Number.isInteger(target.pid) || target.pid <= 0) {
@@ -28,18 +44,25 @@ export class NsenterApplier implements Applier {
 
   private async sh(target: ApplyTarget, script: string, env: Record<string, string>, signal: AbortSignal) {
     const args = [...this.nsArgs(target), script];
+    const deadline = AbortSignal.timeout(this.timeoutMs);
     let res;
     try {
-      res = await this.runner.run(this.nsenter, args, { signal, env: { PATH: SAFE_PATH, ...env } });
+      res = await this.runner.run(this.nsenter, args, {
+        signal: AbortSignal.any([signal, deadline]),
+        env: { PATH: SAFE_PATH, ...env },
+      });
     } catch (err) {
       signal.throwIfAborted();
+      if (deadline.aborted) {
+        throw new ApplyError(`${this.nsenter} in ${target.name} did not finish within ${this.timeoutMs} ms`);
+      }
       throw new ApplyError(`cannot run ${this.nsenter}: ${(err as Error).message}`, { cause: err });
     }
     return res;
   }
 
   async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules> {
-    const { env, script } = applyPayload(rules);
+    const { env, script } = applyPayload(rules, this.ipv6);
     const res = await this.sh(target, script, env, signal);
     if (res.code !== 0) {
       const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;
@@ -51,7 +74,7 @@ export class NsenterApplier implements Applier {
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {
-    const res = await this.sh(target, READ_SCRIPT, {}, signal);
+    const res = await this.sh(target, readScript(this.ipv6), {}, signal);
     if (res.code !== 0) {
       const msg = res.stderr.trim() || `exit code ${res.code}`;
       throw new ApplyError(

@@ -127,8 +127,8 @@ export const GLOBAL_OPTIONS: GlobalSpec[] = [
     key: "onError",
     flags: "--on-error <action>",
     env: "EGRESSTRATOR_ON_ERROR",
-    def: "skip",
-    help: "daemon: what an opted-in container gets while its rules cannot be built",
+    def: "deny",
+    help: "what an opted-in container gets while its rules cannot be built or written (deny: deny-all)",
     choices: ["deny", "skip"],
   },
   {
@@ -143,7 +143,7 @@ export const GLOBAL_OPTIONS: GlobalSpec[] = [
     flags: "--helper-timeout <duration>",
     env: "EGRESSTRATOR_HELPER_TIMEOUT",
     def: "30s",
-    help: "how long a helper container may run",
+    help: "how long one apply may run (a helper container, or nsenter and iptables-restore)",
   },
   {
     key: "listen",

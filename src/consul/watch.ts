@@ -24,6 +24,11 @@ export interface WatchOptions<T> {
   /** Backoff bounds, default 250 ms and 30 s. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /**
+   * Least time between two queries (default 250 ms), as consul-template keeps: a key rewritten in a
+   * tight loop answers every blocking query at once, and must not become a tight loop here.
+   */
+  minIntervalMs?: number;
   /** Injectable for tests; Math.random by default. */
   random?: () => number;
   /** Injectable for tests; must resolve (not reject) early when signal aborts. */
@@ -67,12 +72,19 @@ export async function watch<T>(opts: WatchOptions<T>): Promise<void> {
   const maxMs = opts.maxBackoffMs ?? 30_000;
   const random = opts.random ?? Math.random;
   const sleep = opts.sleep ?? abortableSleep;
+  const minInterval = opts.minIntervalMs ?? 250;
   let index = 0;
   let delivered = false;
   let attempt = 0;
+  let lastAnswer = -Infinity;
   while (!signal.aborted) {
     try {
+      // Errors already wait for their backoff; answers wait for the rest of the minimum interval.
+      const since = performance.now() - lastAnswer;
+      if (since < minInterval) await abortableSleep(minInterval - since, signal);
+      if (signal.aborted) break;
       const res = await opts.query(index, signal, wait);
+      lastAnswer = performance.now();
       if (signal.aborted) break;
       const step = nextIndex(index, res.index, delivered);
       if (step.reset) {

@@ -61,6 +61,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     applier,
     rules,
     renderer: () => renderer,
+    denyRenderer: ctx.denyRenderer,
     config,
     docker,
     log,
@@ -80,7 +81,15 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     policy: config.policy,
   });
   const state = { dockerConnected: false };
-  const fixed = { mode: applier.mode, policy: config.policy, source: ctx.source.description };
+  const fixed = {
+    mode: applier.mode,
+    policy: config.policy,
+    source: ctx.source.description,
+    ipv6: applier.ipv6,
+  };
+  if (!applier.ipv6) {
+    log.warn("this kernel has no IPv6 (/proc/sys/net/ipv6 is absent): applying IPv4 rules only");
+  }
   const source = statusSource({ fixed, reconciler, rules, metrics, state });
   source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
   source.gateApplied = (body) => gateApplied(reconciler, body);

@@ -6,7 +6,7 @@ import type { DockerClient } from "../docker/client.ts";
 import type { Logger } from "../log.ts";
 import type { Reconciler } from "./reconcile.ts";
 import { describeError } from "../errors.ts";
-import { abortableSleep } from "../util/async.ts";
+import { abortableSleep, backoffDelay } from "../util/async.ts";
 
 /** What {@link followEvents} needs. */
 export interface FollowDeps {
@@ -17,11 +17,19 @@ export interface FollowDeps {
   state: { dockerConnected: boolean };
 }
 
-/** Subscribe, full pass, stream; on any break: back off, resubscribe from the last event, full pass again. */
+/**
+ * Subscribe, full pass, stream; on any break, or a stream that ends cleanly, back off (growing, with
+ * jitter, reset once a stream has carried an event), resubscribe from the last event, full pass again.
+ */
 export async function followEvents({ docker, reconciler, log, signal, state }: FollowDeps): Promise<void> {
   let since: string = (Date.now() / 1000).toFixed(3);
-  let backoff = 500;
+  let attempt = 0;
   let connectedOnce = false;
+  const backOff = async (msg: string, fields: Record<string, unknown>) => {
+    const retryMs = backoffDelay(++attempt, 500, 15_000);
+    log.warn(msg, { ...fields, retryMs });
+    await abortableSleep(retryMs, signal);
+  };
   while (!signal.aborted) {
     try {
       await docker.negotiate(signal);
@@ -36,20 +44,18 @@ export async function followEvents({ docker, reconciler, log, signal, state }: F
       log.info(connectedOnce ? "reconnected to docker" : "connected to docker", { running: n });
       connectedOnce = true;
       state.dockerConnected = true;
-      backoff = 500;
       for await (const ev of stream) {
+        attempt = 0;
         since = (ev.timeNano / 1e9).toFixed(9);
         if (ev.action === "start") reconciler.mark(ev.id, Math.floor(ev.timeNano / 1e6));
         else reconciler.forget(ev.id);
       }
       state.dockerConnected = false;
-      if (!signal.aborted) log.warn("docker event stream ended; reconnecting");
+      if (!signal.aborted) await backOff("docker event stream ended; reconnecting", {});
     } catch (err) {
       state.dockerConnected = false;
       if (signal.aborted) break;
-      log.warn("docker unavailable; retrying", { error: describeError(err), retryMs: backoff });
-      await abortableSleep(backoff * (0.5 + Math.random() / 2), signal);
-      backoff = Math.min(backoff * 2, 15_000);
+      await backOff("docker unavailable; retrying", { error: describeError(err) });
     }
   }
 }

@@ -37,7 +37,7 @@ export function gateApplied(reconciler: Reconciler, body: unknown): Response {
   const b = body as Partial<GateApplied>;
   const ok = typeof b.id === "string" && typeof b.hash === "string" && isStrings(b.acls) &&
     (b.policy === "protect" || b.policy === "allowlist") && typeof b.ruleCount === "number" &&
-    typeof b.denied === "boolean";
+    typeof b.denied === "boolean" && (b.pid === undefined || (Number.isInteger(b.pid) && b.pid > 0));
   if (!ok) return Response.json({ error: "bad gate report" }, { status: 400 });
   reconciler.adopt(b as GateApplied);
   return new Response(null, { status: 204 });

@@ -6,7 +6,13 @@
 import type { ContainerInfo } from "../docker/types.ts";
 import type { Logger } from "../log.ts";
 import type { ContainerState, GateApplied } from "./state.ts";
-import { enforce, type EnforceDeps, EnforceFailure, savedHash } from "../apply/enforce.ts";
+import {
+  enforce,
+  type EnforceDeps,
+  EnforceFailure,
+  type EnforceOutcome,
+  savedHash,
+} from "../apply/enforce.ts";
 import { describeError, DockerError } from "../errors.ts";
 
 import { affectedBy, type Enforced } from "./affected.ts";
@@ -34,6 +40,21 @@ export interface ReconcileOptions extends EnforceDeps {
   metrics?: Metrics;
 }
 
+/** A state for a container nothing has been decided for yet. */
+function blankState(id: string, name: string, mode: string): ContainerState {
+  return {
+    id,
+    name,
+    acls: [],
+    policy: "protect",
+    ruleCount: 0,
+    mode,
+    denied: false,
+    unfiltered: false,
+    attempts: 0,
+  };
+}
+
 /** The loop. */
 export class Reconciler {
   readonly states = new Map<string, ContainerState>();
@@ -44,6 +65,8 @@ export class Reconciler {
   private readonly markedAt = new Map<string, number>();
   private idleWaiters: (() => void)[] = [];
   private closed = false;
+  /** A drift pass is running: the next one is skipped rather than run beside it. */
+  private resyncing = false;
 
   constructor(private readonly opts: ReconcileOptions) {}
 
@@ -62,7 +85,9 @@ export class Reconciler {
   adopt(g: GateApplied): void {
     if (this.closed) return;
     const prev = this.states.get(g.id);
-    if (prev && !prev.denied && prev.lastError === undefined && prev.hash === g.hash) return;
+    if (prev && !prev.denied && prev.lastError === undefined && prev.hash === g.hash && prev.pid === g.pid) {
+      return;
+    }
     this.states.set(g.id, {
       id: g.id,
       name: prev?.name ?? g.id.slice(0, 12),
@@ -74,6 +99,8 @@ export class Reconciler {
       mode: "gate",
       lastApplied: new Date().toISOString(),
       denied: g.denied,
+      unfiltered: false,
+      pid: g.pid,
       attempts: 0,
     });
     this.opts.metrics?.inc(
@@ -101,15 +128,27 @@ export class Reconciler {
       id: s.id,
       acls: s.acls,
       policy: s.policy,
-      unsettled: s.denied || s.lastError !== undefined,
+      unsettled: s.denied || s.unfiltered || s.lastError !== undefined,
     }));
   }
 
   /** Read every enforced container's tables back; re-apply where they no longer match. Returns repairs. */
   async resync(): Promise<number> {
+    // Two passes at once would read and write one helper container name at the same time.
+    if (this.resyncing || this.closed) return 0;
+    this.resyncing = true;
+    try {
+      return await this.resyncPass();
+    } finally {
+      this.resyncing = false;
+    }
+  }
+
+  private async resyncPass(): Promise<number> {
     let repaired = 0;
     const list = [...this.states.values()].filter((s) => s.savedHash && !this.inFlight.has(s.id));
     await pool(list, this.opts.concurrency, async (s) => {
+      if (this.inFlight.has(s.id) || this.states.get(s.id) !== s) return;
       const drifted = await this.drifted(s).catch((err) => {
         this.opts.log.debug("drift check failed", { container: s.name, error: describeError(err) });
         return false;
@@ -129,14 +168,20 @@ export class Reconciler {
 
   private async drifted(s: ContainerState): Promise<boolean> {
     const info = await this.opts.docker.inspectContainer(s.id, this.opts.signal);
-    if (!info.running) return false;
+    // A new namespace is not drift: the start event (or the next full pass) handles it.
+    if (!info.running || (s.pid !== undefined && info.pid !== s.pid)) return false;
     const now = await this.opts.applier.read({ id: s.id, name: s.name, pid: info.pid }, this.opts.signal);
     return (await savedHash(now)) !== s.savedHash;
   }
 
-  /** Mark every running container (startup, reconnect, SIGHUP). */
+  /**
+   * Mark every running container (startup, reconnect, SIGHUP, resync), and forget the states of those
+   * no longer running: missed die events must not leave ghosts in `/status` and the metrics.
+   */
   async markAll(signal: AbortSignal): Promise<number> {
     const list = await this.opts.docker.listContainers({ filters: { status: ["running"] }, signal });
+    const running = new Set(list.map((c) => c.id));
+    for (const id of this.states.keys()) if (!running.has(id) && !this.inFlight.has(id)) this.forget(id);
     for (const c of list) this.mark(c.id);
     return list.length;
   }
@@ -206,29 +251,18 @@ export class Reconciler {
       log.warn("inspect failed", { container: id.slice(0, 12), error: describeError(err) });
       return this.retryLater(id, prev?.attempts ?? 0);
     }
+    // What was applied counts only for the namespace it went into: a restarted container (missed
+    // die/start events, a dockerd restart) has a new one, whatever hash the old one held.
+    const same = prev && (prev.pid === undefined || prev.pid === info.pid) ? prev : undefined;
     try {
-      const out = await enforce(this.opts, { info, previousHash: prev?.hash, signal });
+      const out = await enforce(this.opts, { info, previousHash: same?.hash, signal });
       const ms = Math.round(performance.now() - started);
       for (const note of out.notes) log.warn("acl problem", { container: info.name, problem: note });
       if (out.status === "skipped") {
         this.forget(id);
         log.debug("skipped", { container: info.name, reason: out.reason });
       } else {
-        this.states.set(id, {
-          id,
-          name: info.name,
-          acls: out.acls,
-          policy: out.policy,
-          hash: out.hash,
-          ruleCount: out.ruleCount,
-          savedHash: out.status === "unchanged" ? prev?.savedHash : out.savedHash,
-          // "gate" stays until the daemon itself writes something.
-          mode: out.status === "unchanged" && prev ? prev.mode : this.opts.applier.mode,
-          lastApplied: out.status === "unchanged" ? prev?.lastApplied : new Date().toISOString(),
-          lastError: out.error,
-          denied: out.status === "denied",
-          attempts: out.status === "denied" ? (prev?.attempts ?? 0) + 1 : 0,
-        });
+        this.settle(info, out, same);
         const fields = {
           container: info.name,
           id: id.slice(0, 12),
@@ -239,15 +273,40 @@ export class Reconciler {
           ms,
         };
         if (out.status === "denied") {
-          log.error("deny-all applied: rules could not be built", { ...fields, error: out.error });
-          this.retryLater(id, prev?.attempts ?? 0);
+          log.error("deny-all applied: the real rules are not in place", { ...fields, error: out.error });
+          this.retryLater(id, same?.attempts ?? 0);
         } else log[out.status === "applied" ? "info" : "debug"](out.status, fields);
       }
       this.record(out.status, markedAt);
     } catch (err) {
       if (signal.aborted) return;
-      await this.failed(id, info, err, prev);
+      await this.failed(id, info, err, same);
     }
+  }
+
+  private settle(
+    info: ContainerInfo,
+    out: Exclude<EnforceOutcome, { status: "skipped" }>,
+    same?: ContainerState,
+  ) {
+    const unchanged = out.status === "unchanged";
+    this.states.set(info.id, {
+      id: info.id,
+      name: info.name,
+      acls: out.acls,
+      policy: out.policy,
+      hash: out.hash,
+      ruleCount: out.ruleCount,
+      savedHash: unchanged ? same?.savedHash : out.savedHash,
+      // "gate" stays until the daemon itself writes something.
+      mode: unchanged && same ? same.mode : this.opts.applier.mode,
+      lastApplied: unchanged ? same?.lastApplied : new Date().toISOString(),
+      lastError: out.error,
+      denied: out.status === "denied",
+      unfiltered: false,
+      pid: info.pid,
+      attempts: out.status === "denied" ? (same?.attempts ?? 0) + 1 : 0,
+    });
   }
 
   private record(status: string, markedAt: number): void {
@@ -258,30 +317,28 @@ export class Reconciler {
     const { log } = this.opts;
     const notes = err instanceof EnforceFailure ? err.notes : [];
     for (const note of notes) log.warn("acl problem", { container: info.name, problem: note });
-    // A container that stopped mid-apply is not an error worth retrying.
-    const now = await this.opts.docker.inspectContainer(id, this.opts.signal).catch(() => undefined);
-    if (!now?.running) {
+    // A container that stopped mid-apply is not an error worth retrying; one we cannot ask about is.
+    const now = await this.opts.docker.inspectContainer(id, this.opts.signal).catch((e) =>
+      e instanceof DockerError && e.status === 404 ? undefined : e as Error
+    );
+    if (now === undefined || (!(now instanceof Error) && !now.running)) {
       log.warn("container stopped during apply", { container: info.name, id: id.slice(0, 12) });
       return this.forget(id);
     }
     const attempts = (prev?.attempts ?? 0) + 1;
     const error = describeError(err);
-    this.states.set(id, {
-      ...(prev ??
-        {
-          id,
-          name: info.name,
-          acls: [],
-          policy: "protect",
-          ruleCount: 0,
-          mode: this.opts.applier.mode,
-          denied: false,
-        }),
-      lastError: error,
-      attempts,
-    });
-    log.error("apply failed", { container: info.name, id: id.slice(0, 12), attempt: attempts, error });
+    const unfiltered = (err instanceof EnforceFailure && err.unfiltered) || (prev?.unfiltered ?? false);
+    const base = prev ?? blankState(id, info.name, this.opts.applier.mode);
+    this.states.set(id, { ...base, lastError: error, attempts, unfiltered, pid: info.pid });
+    const fields = { container: info.name, id: id.slice(0, 12), attempt: attempts, error };
+    if (unfiltered) log.error("container is UNFILTERED: neither its rules nor deny-all are in place", fields);
+    else log.error("apply failed", fields);
     this.record("failed", Date.now());
     this.retryLater(id, attempts);
+  }
+
+  /** Opted-in containers with nothing of ours in their namespace. */
+  unfilteredCount(): number {
+    return [...this.states.values()].filter((s) => s.unfiltered).length;
   }
 }

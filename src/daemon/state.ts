@@ -16,6 +16,16 @@ export interface ContainerState {
   lastError?: string;
   /** True while the container holds the deny-all set because its real rules could not be built. */
   denied: boolean;
+  /**
+   * True while nothing of ours is known to be in the container's namespace although it opted in: the
+   * rules and deny-all both failed (or `--on-error skip`). Logged, shown, counted, and retried.
+   */
+  unfiltered: boolean;
+  /**
+   * The namespace the state is about: the init pid Docker reported (or the gate saw). A restarted
+   * container has a new one, so nothing applied to the old namespace counts for it.
+   */
+  pid?: number;
   attempts: number;
 }
 
@@ -28,4 +38,6 @@ export interface GateApplied {
   policy: Policy;
   ruleCount: number;
   denied: boolean;
+  /** The init pid of the created container: the namespace the rules went into. */
+  pid?: number;
 }

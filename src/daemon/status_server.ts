@@ -9,9 +9,13 @@ export interface StatusReport {
   mode: string;
   policy: string;
   source: string;
+  /** False on a kernel without IPv6: only IPv4 rules are written. */
+  ipv6: boolean;
   watches: number;
   docker: { connected: boolean };
   consul: { errors: number };
+  /** Opted-in containers with nothing of ours in their namespace (see `containers[].unfiltered`). */
+  unfiltered: number;
   containers: {
     id: string;
     name: string;
@@ -24,6 +28,7 @@ export interface StatusReport {
     lastApplied?: string;
     lastError?: string;
     denied: boolean;
+    unfiltered: boolean;
   }[];
 }
 

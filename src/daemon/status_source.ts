@@ -8,7 +8,7 @@ import { VERSION } from "../version.ts";
 /** What {@link statusSource} reads. */
 export interface StatusDeps {
   /** What does not change while the daemon runs: applier mode, default policy, ACL source. */
-  fixed: Pick<StatusReport, "mode" | "policy" | "source">;
+  fixed: Pick<StatusReport, "mode" | "policy" | "source" | "ipv6">;
   reconciler: Reconciler;
   rules: LiveRules;
   metrics: Metrics;
@@ -24,6 +24,7 @@ export function statusSource(d: StatusDeps): StatusSource {
       watches: d.rules.watchCount(),
       docker: { connected: d.state.dockerConnected },
       consul: { errors: d.metrics.get("egresstrator_consul_errors_total") },
+      unfiltered: d.reconciler.unfilteredCount(),
       // Everything the loop remembers but its bookkeeping (drift baseline, retry count).
       containers: [...d.reconciler.states.values()].map((
         { savedHash: _saved, attempts: _attempts, ...row },
@@ -33,7 +34,12 @@ export function statusSource(d: StatusDeps): StatusSource {
       d.metrics.set(
         "egresstrator_enforced_containers",
         "Containers with rules in place",
-        d.reconciler.states.size,
+        d.reconciler.states.size - d.reconciler.unfilteredCount(),
+      );
+      d.metrics.set(
+        "egresstrator_unfiltered_containers",
+        "Opted-in containers with neither their rules nor deny-all in place",
+        d.reconciler.unfilteredCount(),
       );
       d.metrics.set(
         "egresstrator_docker_connected",

@@ -13,7 +13,7 @@ import { savedHash } from "../apply/enforce.ts";
 import { buildRules, countRules, denyPlan } from "../render/build.ts";
 import { loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
 import { NsenterApplier } from "../apply/nsenter.ts";
-import { denoRunner } from "../apply/applier.ts";
+import { denoRunner, kernelHasIPv6 } from "../apply/applier.ts";
 import { describeError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import type { ContainerInfo } from "../docker/types.ts";
@@ -133,7 +133,11 @@ export async function gateStart(inp: GateStartInput): Promise<string | undefined
   try {
     const target = { id: inp.id, name: inp.id.slice(0, 12), pid: inp.pid };
     saved = await savedHash(
-      await new NsenterApplier(denoRunner).apply(target, rules.rendered, AbortSignal.timeout(15_000)),
+      await new NsenterApplier(denoRunner, { ipv6: kernelHasIPv6(), timeoutMs: 15_000 }).apply(
+        target,
+        rules.rendered,
+        AbortSignal.timeout(15_000),
+      ),
     );
   } catch (err) {
     return refuse(inp.env, inp.id, `rules could not be applied: ${describeError(err)}`);
@@ -147,6 +151,7 @@ export async function gateStart(inp: GateStartInput): Promise<string | undefined
       policy: rules.policy,
       ruleCount: rules.ruleCount,
       denied,
+      pid: inp.pid,
     };
     await fetchStatus(config.listen, "/v1/gate/applied", 1000, report).then((r) => r.body?.cancel()).catch(
       () => {},

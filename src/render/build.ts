@@ -13,6 +13,8 @@ import { type RenderedRules, type Renderer, rulesHash } from "./renderer.ts";
 export interface BuildDeps {
   rules: RuleProvider;
   renderer: () => Renderer;
+  /** Built-in templates only, for deny-all (default: `renderer()`). */
+  denyRenderer?: Renderer;
   config: Pick<Config, "policy" | "dnsResolvers" | "onError">;
 }
 

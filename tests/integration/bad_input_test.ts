@@ -21,6 +21,7 @@ import {
   type CliResult,
   helpersLeft,
   iptablesIn,
+  REJECT_ALL_LINE,
   rejectLine,
   ruleLines,
   runCli,
@@ -179,7 +180,7 @@ Deno.test("bad input: missing helper image fails clearly and leaves no helper", 
 });
 
 for (const mode of ["nsenter", "helper"] as const) {
-  Deno.test(`bad input (${mode}): a template iptables rejects changes nothing`, async () => {
+  Deno.test(`bad input (${mode}): a template iptables rejects changes nothing (skip), or gets deny-all (deny)`, async () => {
     await withConsul(async (cli) => {
       const modeArgs = mode === "helper" ? HELPER : [];
       if (mode === "helper") await requireImage(HELPER_IMAGE);
@@ -196,19 +197,24 @@ for (const mode of ["nsenter", "helper"] as const) {
           file,
           "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j NOSUCHTARGET\nCOMMIT\n",
         );
-        const r = await cli([...modeArgs, "-f", file, "set", c.name]);
+        const r = await cli([...modeArgs, "--on-error", "skip", "-f", file, "set", c.name]);
         assert.equal(r.code, 1, explain(r));
         // iptables' own words reach the user (with the nf_tables backend `--test` passes this text and the
         // real restore is what fails: see the half-apply test below).
         assert.match(
           r.stdout,
-          new RegExp(`FAILED: apply to ${c.name} .* via ${mode}: .*NOSUCHTARGET`),
+          new RegExp(`FAILED: rules could not be applied: apply to ${c.name} .* via ${mode}: .*NOSUCHTARGET`),
           explain(r),
         );
+        assert.deepEqual(ruleLines(await iptablesIn(c.id)), before, "the previous rules stay in place");
+        // The default, --on-error deny: the built-in deny-all goes in instead, and set says it failed.
+        const d = await cli([...modeArgs, "-f", file, "set", c.name]);
+        assert.equal(d.code, 1, explain(d));
+        assert.match(d.stdout, /deny-all applied \(rules could not be applied: .*NOSUCHTARGET/, explain(d));
+        assert.ok(ruleLines(await iptablesIn(c.id)).includes(REJECT_ALL_LINE), "deny-all in place");
       } finally {
         await Deno.remove(dir, { recursive: true });
       }
-      assert.deepEqual(ruleLines(await iptablesIn(c.id)), before, "the previous rules stay in place");
       if (mode === "helper") assert.deepEqual(await helpersLeft(c.id), []);
     });
   });
@@ -239,7 +245,7 @@ Deno.test({
             '<% if (it.family === "ipv6") { %>-A OUTPUT -j NOSUCHTARGET<% } else { %>-A OUTPUT -d 10.50.133.0/24 -j DROP<% } %>\n' +
             "COMMIT\n",
         );
-        const r = await cli(["-f", file, "set", c.name]);
+        const r = await cli(["--on-error", "skip", "-f", file, "set", c.name]);
         assert.equal(r.code, 1, explain(r));
       } finally {
         await Deno.remove(dir, { recursive: true });

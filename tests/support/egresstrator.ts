@@ -42,6 +42,8 @@ export interface StartDaemonOptions {
   /** Global options after `--log-format json` (e.g. `-c`, `-k`, `-H`, `--mode`). */
   args: string[];
   env?: Record<string, string>;
+  /** A command the daemon runs under, which must end by exec'ing its arguments (e.g. `unshare -m ...`). */
+  wrap?: string[];
 }
 
 const SCRUBBED = /^(CONSUL_|EGRESSTRATOR_|DOCKER_)/;
@@ -68,8 +70,19 @@ export function startDaemon(opts: StartDaemonOptions): Promise<DaemonProc> {
   for (const [k, v] of Object.entries(Deno.env.toObject())) if (!SCRUBBED.test(k)) env[k] = v;
   Object.assign(env, opts.env ?? {});
   const listen = opts.args.includes("--listen") ? [] : ["--listen", "none"];
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", `${REPO_ROOT}/main.ts`, "--log-format", "json", ...listen, ...opts.args],
+  const argv = [
+    "run",
+    "-A",
+    "--quiet",
+    `${REPO_ROOT}/main.ts`,
+    "--log-format",
+    "json",
+    ...listen,
+    ...opts.args,
+  ];
+  const [cmd, ...pre] = opts.wrap?.length ? [...opts.wrap, Deno.execPath()] : [Deno.execPath()];
+  const child = new Deno.Command(cmd, {
+    args: [...pre, ...argv],
     cwd: REPO_ROOT,
     env,
     clearEnv: true,

@@ -29,7 +29,7 @@ export interface LiveEnv {
   /** `unix://<tmp>/egt.sock`: the daemon's --listen. */
   listen: string;
   /** Start the daemon on the private dockerd with this prefix and --listen (killed at cleanup). */
-  daemon(args?: string[], opts?: { consul?: string }): Promise<DaemonProc>;
+  daemon(args?: string[], opts?: { consul?: string; wrap?: string[] }): Promise<DaemonProc>;
   /** Put a key under the prefix. */
   put(key: string, value: string): Promise<void>;
   /** Create and start `n` containers, at most `parallel` requests at once. */
@@ -71,6 +71,7 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
       daemon: async (args = [], o = {}) => {
         const p = await startDaemon({
           args: ["-c", o.consul ?? cc.address, "-k", prefix, "-H", dd.host, "--listen", listen, ...args],
+          wrap: o.wrap,
         });
         daemons.push(p);
         return p;

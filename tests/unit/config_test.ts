@@ -64,7 +64,7 @@ Deno.test("config: defaults", () => {
     dockerApiVersion: undefined,
     dnsResolvers: [...DEFAULTS.dnsResolvers],
     policy: "protect",
-    onError: "skip",
+    onError: "deny",
     logFormat: "text",
     logLevel: "info",
     debug: false,

@@ -31,10 +31,13 @@ function info(id: string, env: string[], running = true): ContainerInfo {
 
 class FakeApplier implements Applier {
   readonly mode = "nsenter" as const;
+  readonly ipv6 = true;
   applied: string[] = [];
   running = 0;
   maxRunning = 0;
   failFor = new Set<string>();
+  /** Containers for which only the real rules fail (deny-all, with no ACL, goes in). */
+  failRealFor = new Set<string>();
   delayMs = 5;
   tables = new Map<string, RenderedRules>();
   async apply(t: ApplyTarget, rules: RenderedRules): Promise<RenderedRules> {
@@ -43,6 +46,9 @@ class FakeApplier implements Applier {
     await new Promise((r) => setTimeout(r, this.delayMs));
     this.running--;
     if (this.failFor.has(t.id)) throw new Error(`iptables-restore: line 3 failed for ${t.id}`);
+    if (this.failRealFor.has(t.id) && !rules.ipv4.includes("# acls: (none)")) {
+      throw new Error(`iptables-restore: line 9 failed for ${t.id}`);
+    }
     this.applied.push(t.id);
     this.tables.set(t.id, rules);
     return rules;
@@ -69,8 +75,13 @@ class FakeRules implements RuleProvider {
 
 function setup(containers: ContainerInfo[], opts: { onError?: "deny" | "skip"; concurrency?: number } = {}) {
   const byId = new Map(containers.map((c) => [c.id, c]));
+  /** Inspect calls (numbered from 1) that fail with a 500 instead of answering. */
+  const inspectFailures = { calls: 0, failing: new Set<number>() };
   const docker = {
     inspectContainer: (id: string) => {
+      if (inspectFailures.failing.has(++inspectFailures.calls)) {
+        return Promise.reject(new DockerError("inspect: 500 server error", { status: 500 }));
+      }
       const c = byId.get(id);
       return c
         ? Promise.resolve(c)
@@ -94,7 +105,7 @@ function setup(containers: ContainerInfo[], opts: { onError?: "deny" | "skip"; c
     retryMinMs: 20,
     retryMaxMs: 40,
   });
-  return { r, applier, rules, byId };
+  return { r, applier, rules, byId, inspectFailures };
 }
 
 const ON = ["EGRESSTRATOR_ENABLE=1", "EGRESSTRATOR_ACL=web"];
@@ -206,5 +217,103 @@ Deno.test("adopt: a gate-applied container with the same hash is not applied aga
   r.mark("a");
   await r.idle();
   assert.equal(applier.applied.length, 1);
+  await r.close();
+});
+
+Deno.test("apply fails: deny-all goes in (deny); when that fails too the container is UNFILTERED and retried", async () => {
+  const deny = setup([info("a", ON)], { onError: "deny" });
+  deny.applier.failRealFor.add("a");
+  deny.r.mark("a");
+  await deny.r.idle();
+  const s = deny.r.states.get("a")!;
+  assert.equal(s.denied, true, "deny-all in place");
+  assert.equal(s.unfiltered, false);
+  assert.match(s.lastError ?? "", /rules could not be applied: .*line 9 failed/);
+  assert.match(deny.applier.tables.get("a")!.ipv4, /-A OUTPUT -p tcp -j REJECT/);
+  deny.applier.failRealFor.clear();
+  await new Promise((res) => setTimeout(res, 100));
+  await deny.r.idle();
+  assert.equal(deny.r.states.get("a")?.denied, false, "the real rules follow");
+  await deny.r.close();
+
+  const both = setup([info("a", ON)], { onError: "deny" });
+  both.applier.failFor.add("a");
+  both.r.mark("a");
+  await both.r.idle();
+  assert.equal(both.r.states.get("a")?.unfiltered, true);
+  assert.equal(both.r.unfilteredCount(), 1);
+  assert.match(both.r.states.get("a")?.lastError ?? "", /deny-all failed too/);
+  both.applier.failFor.clear();
+  await new Promise((res) => setTimeout(res, 120));
+  await both.r.idle();
+  assert.equal(both.r.states.get("a")?.unfiltered, false, "a retry puts the rules in");
+  assert.equal(both.r.unfilteredCount(), 0);
+  await both.r.close();
+
+  const skip = setup([info("a", ON)], { onError: "skip" });
+  skip.rules.fail = true;
+  skip.r.mark("a");
+  await skip.r.idle();
+  assert.equal(
+    skip.r.states.get("a")?.unfiltered,
+    true,
+    "--on-error skip with nothing in place is unfiltered",
+  );
+  await skip.r.close();
+});
+
+Deno.test("a failed apply whose follow-up inspect fails once is retried, not forgotten", async () => {
+  const { r, applier, inspectFailures } = setup([info("a", ON)], { onError: "skip" });
+  applier.failFor.add("a");
+  // The first inspect answers; the one after the failed apply (is it still running?) gets a 500.
+  inspectFailures.failing.add(2);
+  r.mark("a");
+  await r.idle();
+  assert.equal(inspectFailures.calls, 2);
+  assert.ok(r.states.has("a"), "state kept");
+  applier.failFor.clear();
+  await new Promise((res) => setTimeout(res, 120));
+  await r.idle();
+  assert.equal(applier.applied.length, 1, "the retry applied");
+  assert.equal(r.states.get("a")?.lastError, undefined);
+  await r.close();
+});
+
+Deno.test("the hash is per namespace: a restarted container (new pid, missed events) is applied again", async () => {
+  const { r, applier, byId } = setup([info("a", ON)]);
+  r.mark("a");
+  await r.idle();
+  assert.equal(applier.applied.length, 1);
+  byId.set("a", { ...byId.get("a")!, pid: 4242 });
+  r.mark("a");
+  await r.idle();
+  assert.equal(applier.applied.length, 2, "same text, new namespace: applied");
+  assert.equal(r.states.get("a")?.pid, 4242);
+  r.mark("a");
+  await r.idle();
+  assert.equal(applier.applied.length, 2, "same namespace again: not applied");
+  await r.close();
+});
+
+Deno.test("a full pass forgets the states of containers no longer running", async () => {
+  const { r, byId } = setup([info("a", ON), info("b", ON)]);
+  await r.markAll(new AbortController().signal);
+  await r.idle();
+  assert.equal(r.states.size, 2);
+  byId.set("b", { ...byId.get("b")!, running: false }); // its die event was missed
+  await r.markAll(new AbortController().signal);
+  await r.idle();
+  assert.deepEqual([...r.states.keys()], ["a"]);
+  await r.close();
+});
+
+Deno.test("resync passes never overlap", async () => {
+  const { r, applier } = setup([info("a", ON), info("b", ON)]);
+  await r.markAll(new AbortController().signal);
+  await r.idle();
+  applier.tables.set("a", { ipv4: "*filter\nCOMMIT\n", ipv6: "" });
+  const [first, second] = await Promise.all([r.resync(), r.resync()]);
+  assert.deepEqual([first, second], [1, 0], "the second pass is skipped while the first runs");
+  await r.idle();
   await r.close();
 });

@@ -129,6 +129,14 @@ const header = (policy: Policy, family: Family, acls: string, missing?: string) 
     ...(missing ? [`# missing acls: ${missing}`] : []),
   ].join("\n") + "\n";
 
+/** ICMPv6 that IPv6 needs to work at all: MLD, router and neighbour discovery. */
+const ND =
+  "# IPv6 needs these to reach anything: MLD (130-132, 143), router and neighbour discovery (133-136)\n" +
+  [130, 131, 132, 133, 134, 135, 136, 143].map((t) =>
+    `-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type ${t} -j ACCEPT\n`
+  )
+    .join("");
+
 const guards = (family: Family, resolver: string) => {
   const icmp = family === "ipv4" ? "icmp-port-unreachable" : "icmp6-port-unreachable";
   return `*filter
@@ -138,7 +146,7 @@ const guards = (family: Family, resolver: string) => {
 :egresstrator-dns - [0:0]
 # loopback is never filtered (Docker's embedded DNS lives there)
 -A OUTPUT -o lo -j ACCEPT
-# a NEW tcp connection must start with SYN
+${family === "ipv6" ? ND : ""}# a NEW tcp connection must start with SYN
 -A OUTPUT -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset
 # DNS over UDP only to allowed resolvers
 -A OUTPUT -p udp -m udp --dport 53 -j egresstrator-dns

@@ -47,9 +47,11 @@ Deno.test("formatStatus prints a header and one row per container, sorted by nam
     mode: "nsenter",
     policy: "protect",
     source: "consul kv egress/acl/",
+    ipv6: true,
     watches: 3,
     docker: { connected: true },
     consul: { errors: 0 },
+    unfiltered: 1,
     containers: [
       {
         id: "b".repeat(64),
@@ -59,6 +61,7 @@ Deno.test("formatStatus prints a header and one row per container, sorted by nam
         ruleCount: 12,
         hash: "abc",
         denied: false,
+        unfiltered: false,
       },
       {
         id: "a".repeat(64),
@@ -67,15 +70,27 @@ Deno.test("formatStatus prints a header and one row per container, sorted by nam
         policy: "allowlist",
         ruleCount: 4,
         denied: true,
+        unfiltered: false,
         lastError: "x",
+      },
+      {
+        id: "c".repeat(64),
+        name: "zed",
+        acls: ["db"],
+        policy: "protect",
+        ruleCount: 0,
+        denied: false,
+        unfiltered: true,
+        lastError: "deny-all failed too",
       },
     ],
   });
   const lines = text.trim().split("\n");
-  assert.match(lines[0], /3 watches, docker connected, 2 containers enforced/);
+  assert.match(lines[0], /3 watches, docker connected, 2 containers enforced, 1 UNFILTERED/);
   assert.match(lines[1], /^CONTAINER\s+NAME/);
   assert.match(lines[2], /^aaaaaaaaaaaa\s+api\s+deny-all\s+-\s+4/);
   assert.match(lines[3], /^bbbbbbbbbbbb\s+web\s+protect\s+db\s+12/);
+  assert.match(lines[4], /^cccccccccccc\s+zed\s+UNFILTERED\s+db\s+0\s.*deny-all failed too$/);
 });
 
 Deno.test("applyPayload chunks big texts and the script tests both families before writing", () => {

@@ -64,6 +64,7 @@ export async function setCommand(config: Config, opts: TargetOptions, out: Out, 
         (lines) => lines.forEach((l) => out.stderr(`${l}\n`)),
       ),
       renderer: () => ctx.renderer,
+      denyRenderer: ctx.denyRenderer,
       config,
     };
     const aclsOverride = opts.rules !== undefined ? parseAclList(opts.rules) : undefined;
@@ -78,6 +79,8 @@ export async function setCommand(config: Config, opts: TargetOptions, out: Out, 
           failed++;
           out.stdout(`${label(info)}: not set: ${r.reason} (set EGRESSTRATOR_ENABLE=1 or pass --rules)\n`);
         } else {
+          // The real rules are not in place: that is a failure of `set`, whatever stands in for them.
+          if (r.status === "denied") failed++;
           const what = r.status === "denied"
             ? `deny-all applied (${r.error})`
             : `${r.ruleCount} rules applied`;

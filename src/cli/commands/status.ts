@@ -11,16 +11,27 @@ function table(rows: string[][]): string {
 
 /** Format a report as the table `status` prints (pure). */
 export function formatStatus(r: StatusReport): string {
-  const head = `egresstrator ${r.version}: mode ${r.mode}, policy ${r.policy}, ${r.source}, ` +
+  const head =
+    `egresstrator ${r.version}: mode ${r.mode}${
+      r.ipv6 === false ? " (IPv4 only: no IPv6 in this kernel)" : ""
+    }, ` +
+    `policy ${r.policy}, ${r.source}, ` +
     `${r.watches} watches, docker ${r.docker.connected ? "connected" : "DISCONNECTED"}, ` +
-    `${r.containers.length} containers enforced\n`;
+    `${r.containers.length - (r.unfiltered ?? 0)} containers enforced` +
+    (r.unfiltered ? `, ${r.unfiltered} UNFILTERED` : "") + "\n";
   if (r.containers.length === 0) return head;
   const rows = [["CONTAINER", "NAME", "POLICY", "ACLS", "RULES", "HASH", "LAST APPLIED", "ERROR"]];
   for (const c of [...r.containers].sort((a, b) => a.name.localeCompare(b.name))) {
     rows.push([
       c.id.slice(0, 12),
       c.name,
-      c.denied ? "deny-all" : c.mode === "gate" ? `${c.policy} (gate)` : c.policy,
+      c.unfiltered
+        ? "UNFILTERED"
+        : c.denied
+        ? "deny-all"
+        : c.mode === "gate"
+        ? `${c.policy} (gate)`
+        : c.policy,
       c.acls.join(",") || "-",
       String(c.ruleCount),
       c.hash?.slice(0, 12) ?? "-",
@@ -31,7 +42,7 @@ export function formatStatus(r: StatusReport): string {
   return head + table(rows);
 }
 
-/** Run `status`; exit 1 when the daemon cannot be reached. */
+/** Run `status`; exit 1 when the daemon cannot be reached, 3 while any container is unfiltered. */
 export async function statusCommand(config: Config, opts: { json?: boolean }, out: Out): Promise<number> {
   if (!config.listen) throw new ConfigError("status needs the daemon's --listen address (it is set to none)");
   let report: StatusReport;
@@ -48,5 +59,9 @@ export async function statusCommand(config: Config, opts: { json?: boolean }, ou
     );
   }
   out.stdout(opts.json ? JSON.stringify(report, null, 2) + "\n" : formatStatus(report));
+  if (report.unfiltered > 0) {
+    out.stderr(`egresstrator: ${report.unfiltered} opted-in container(s) are UNFILTERED (see ERROR)\n`);
+    return 3;
+  }
   return 0;
 }
