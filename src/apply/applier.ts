@@ -65,30 +65,36 @@ export const denoRunner: CommandRunner = {
 };
 
 /**
+ * The raw table, emptied with every apply: a NOTRACK or CT rule there (written by a container holding
+ * CAP_NET_ADMIN) would take packets out of conntrack and past the state matches of the filter rules.
+ * Docker and Podman write nothing into a container's own raw table.
+ */
+export const RAW_TEXT = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+/**
  * The shell program both appliers run inside the namespace: test both families, then restore both.
  * Texts arrive in env vars split into chunks (EGT4_0, EGT4_1, ... / EGT6_0, ...), so no temp files and
- * no single string over the kernel's 128 KiB limit.
+ * no single string over the kernel's 128 KiB limit. Each family's filter and raw tables go in one
+ * restore, which is one transaction.
  */
 export function applyScript(chunks4: number, chunks6: number, ipv6 = true): string {
   const cat = (fam: string, n: number) =>
-    `printf '%s' ${Array.from({ length: n }, (_, i) => `"$EGT${fam}_${i}"`).join(" ")}`;
+    `{ printf '%s' ${
+      Array.from({ length: n }, (_, i) => `"$EGT${fam}_${i}"`).join(" ")
+    }; printf '%s' "$EGTRAW"; }`;
   const v4 = cat("4", chunks4);
   const v6 = cat("6", chunks6);
   // --test catches syntax errors, but with the nf_tables backend not every bad rule (an unknown target
-  // passes it). So the ipv4 table is saved first and put back when the ipv6 restore fails: either both
+  // passes it). So the ipv4 tables are saved first and put back when the ipv6 restore fails: either both
   // families change or neither does.
   const rollback = `{ printf '%s\\n' "$old4" | iptables-restore; ` +
     `echo "egresstrator: ipv6 rules failed; ipv4 rules rolled back" >&2; exit 4; }`;
-  if (!ipv6) {
-    return [
-      `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`,
-      `${v4} | iptables-restore || exit 4`,
-      readScript(false),
-    ].join("\n");
-  }
+  const test4 =
+    `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`;
+  if (!ipv6) return [test4, `${v4} | iptables-restore || exit 4`, readScript(false)].join("\n");
   return [
-    `old4=$(iptables-save -t filter) || exit 5`,
-    `${v4} | iptables-restore --test || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`,
+    `old4=$(iptables-save -t filter && iptables-save -t raw) || exit 5`,
+    test4,
     `${v6} | ip6tables-restore --test || { echo "egresstrator: ipv6 rules rejected by ip6tables-restore" >&2; exit 3; }`,
     `${v4} | iptables-restore || exit 4`,
     `${v6} | ip6tables-restore || ${rollback}`,
@@ -114,16 +120,21 @@ export function applyPayload(
   const env = { ...chunkEnv("4", rules.ipv4), ...(ipv6 ? chunkEnv("6", rules.ipv6) : {}) };
   const n4 = Object.keys(env).filter((k) => k.startsWith("EGT4_")).length;
   const n6 = Object.keys(env).length - n4;
+  env.EGTRAW = RAW_TEXT;
   return { env, script: applyScript(n4, n6, ipv6) };
 }
 
-/** Script that prints both filter tables, separated by a marker line. */
+/**
+ * Script that prints both families' filter and raw tables, separated by a marker line: what drift checks
+ * compare, so a NOTRACK rule added in raw is drift as much as a flushed filter table.
+ */
 export const READ_SCRIPT =
-  "iptables-save -t filter && echo '#--egresstrator-ipv6--' && ip6tables-save -t filter";
+  "iptables-save -t filter && iptables-save -t raw && echo '#--egresstrator-ipv6--' && " +
+  "ip6tables-save -t filter && ip6tables-save -t raw";
 
-/** {@link READ_SCRIPT}, or the IPv4 table alone on a kernel without IPv6. */
+/** {@link READ_SCRIPT}, or the IPv4 tables alone on a kernel without IPv6. */
 export function readScript(ipv6: boolean): string {
-  return ipv6 ? READ_SCRIPT : "iptables-save -t filter";
+  return ipv6 ? READ_SCRIPT : "iptables-save -t filter && iptables-save -t raw";
 }
 
 /**

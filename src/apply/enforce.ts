@@ -8,6 +8,7 @@ import type { ContainerInfo } from "../docker/types.ts";
 import { type RenderedRules, rulesHash } from "../render/renderer.ts";
 import { type BuildDeps, buildRules, type BuiltRules, countRules, denyPlan } from "../render/build.ts";
 import { containerIntent } from "../rules/intent.ts";
+import { namespaceProblem } from "../rules/isolation.ts";
 import { describeError } from "../errors.ts";
 
 /** What enforcing needs: building, plus somewhere to apply. */
@@ -28,6 +29,8 @@ export interface EnforceRequest {
 /** The decision and what came of it. */
 export type EnforceOutcome =
   | { status: "skipped"; reason: string; notes: string[] }
+  /** Opted in, but without a network namespace of its own: nothing is ever written for it. */
+  | { status: "refused"; reason: string; notes: string[] }
   | {
     status: "applied" | "unchanged" | "denied";
     acls: string[];
@@ -83,6 +86,9 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
   const notes = [...intent.problems];
   if (!info.running) return { status: "skipped", reason: "not running", notes };
   if (!req.aclsOverride && !intent.enabled) return { status: "skipped", reason: "not opted in", notes };
+  // Only a container's own namespace is ever written: the host's tables, or another container's, never.
+  const shared = namespaceProblem(info);
+  if (shared) return { status: "refused", reason: shared, notes };
   const want = { id: info.id, name: info.name, acls: req.aclsOverride ?? intent.acls, policy: intent.policy };
   let built: BuiltRules;
   try {

@@ -39,7 +39,25 @@ export class NsenterApplier implements Applier {
     if (!Number.isInteger(target.pid) || target.pid <= 0) {
       throw new ApplyError(`container ${target.name} (${target.id.slice(0, 12)}) has no running process`);
     }
-    return [`--net=/proc/${target.pid}/ns/net`, "--", "sh", "-c"];
+    const ns = `/proc/${target.pid}/ns/net`;
+    // Whatever Docker says about the network mode: never write the namespace egresstrator itself (or the
+    // host's init) lives in. Those are the host's tables.
+    const inode = (path: string) => {
+      try {
+        return Deno.statSync(path).ino;
+      } catch {
+        return undefined;
+      }
+    };
+    const mine = inode(ns);
+    if (mine !== undefined && (mine === inode("/proc/self/ns/net") || mine === inode("/proc/1/ns/net"))) {
+      throw new ApplyError(
+        `container ${target.name} (${
+          target.id.slice(0, 12)
+        }) shares the host's network namespace: refusing to write it`,
+      );
+    }
+    return [`--net=${ns}`, "--", "sh", "-c"];
   }
 
   private async sh(target: ApplyTarget, script: string, env: Record<string, string>, signal: AbortSignal) {

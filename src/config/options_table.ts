@@ -92,7 +92,7 @@ export const GLOBAL_OPTIONS: GlobalSpec[] = [
     env: "EGRESSTRATOR_DNS",
     def:
       "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,8.8.8.8,8.8.4.4,fc00::/7,fe80::/10,2001:4860:4860::8888,2001:4860:4860::8844",
-    help: "resolvers UDP DNS may go to (addresses or CIDRs, both families)",
+    help: "resolvers DNS (udp/tcp 53, DoT 853) may go to: addresses or CIDRs of both families, or host",
   },
   {
     key: "policy",

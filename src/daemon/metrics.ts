@@ -86,7 +86,7 @@ export const ENFORCE_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 
 /** Count one reconcile decision, and for writes the time from mark to rules in place. */
 export function recordDecision(m: Metrics, mode: string, status: string, markedAt: number): void {
-  if (status === "skipped") return;
+  if (status === "skipped" || status === "refused") return;
   m.inc("egresstrator_decisions_total", "Reconcile decisions by result", { mode, result: status });
   if (status === "applied" || status === "denied") {
     m.inc("egresstrator_applies_total", "Rule sets written into a namespace", { mode });

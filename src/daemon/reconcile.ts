@@ -19,6 +19,8 @@ import { affectedBy, type Enforced } from "./affected.ts";
 import type { RuleChange } from "../rules/change.ts";
 import { type Metrics, recordDecision } from "./metrics.ts";
 import { backoffDelay, pool } from "../util/async.ts";
+import { heldCaps } from "../apply/caps.ts";
+import { capRisk } from "../rules/isolation.ts";
 
 /** The Docker calls the loop makes. */
 export interface ReconcileDocker {
@@ -256,26 +258,15 @@ export class Reconciler {
     const same = prev && (prev.pid === undefined || prev.pid === info.pid) ? prev : undefined;
     try {
       const out = await enforce(this.opts, { info, previousHash: same?.hash, signal });
-      const ms = Math.round(performance.now() - started);
       for (const note of out.notes) log.warn("acl problem", { container: info.name, problem: note });
       if (out.status === "skipped") {
         this.forget(id);
         log.debug("skipped", { container: info.name, reason: out.reason });
+      } else if (out.status === "refused") {
+        this.refuse(info, out.reason, prev);
       } else {
-        this.settle(info, out, same);
-        const fields = {
-          container: info.name,
-          id: id.slice(0, 12),
-          acls: out.acls.join(","),
-          policy: out.policy,
-          rules: out.ruleCount,
-          mode: this.opts.applier.mode,
-          ms,
-        };
-        if (out.status === "denied") {
-          log.error("deny-all applied: the real rules are not in place", { ...fields, error: out.error });
-          this.retryLater(id, same?.attempts ?? 0);
-        } else log[out.status === "applied" ? "info" : "debug"](out.status, fields);
+        await this.settle(info, out, same);
+        this.logDecision(info, out, same, Math.round(performance.now() - started));
       }
       this.record(out.status, markedAt);
     } catch (err) {
@@ -284,12 +275,54 @@ export class Reconciler {
     }
   }
 
-  private settle(
+  /** Opted in without a namespace of its own: shown as not enforceable, warned about once. */
+  private refuse(info: ContainerInfo, reason: string, prev?: ContainerState): void {
+    if (prev?.refused !== reason) {
+      this.opts.log.warn("not enforceable", { container: info.name, id: info.id.slice(0, 12), reason });
+    }
+    this.states.set(info.id, { ...blankState(info.id, info.name, this.opts.applier.mode), refused: reason });
+  }
+
+  private logDecision(
     info: ContainerInfo,
-    out: Exclude<EnforceOutcome, { status: "skipped" }>,
+    out: Exclude<EnforceOutcome, { status: "skipped" | "refused" }>,
+    same: ContainerState | undefined,
+    ms: number,
+  ): void {
+    const fields = {
+      container: info.name,
+      id: info.id.slice(0, 12),
+      acls: out.acls.join(","),
+      policy: out.policy,
+      rules: out.ruleCount,
+      mode: this.opts.applier.mode,
+      ms,
+    };
+    if (out.status === "denied") {
+      this.opts.log.error("deny-all applied: the real rules are not in place", {
+        ...fields,
+        error: out.error,
+      });
+      this.retryLater(info.id, same?.attempts ?? 0);
+    } else this.opts.log[out.status === "applied" ? "info" : "debug"](out.status, fields);
+  }
+
+  private async settle(
+    info: ContainerInfo,
+    out: Exclude<EnforceOutcome, { status: "skipped" | "refused" }>,
     same?: ContainerState,
   ) {
     const unchanged = out.status === "unchanged";
+    const caps = await heldCaps(info);
+    if (caps.length > 0 && caps.join() !== same?.caps?.join()) {
+      this.opts.log.warn("holds capabilities that get around its rules", {
+        container: info.name,
+        id: info.id.slice(0, 12),
+        caps: caps.join(","),
+        why: caps.map((c) => `${c}: ${capRisk(c)}`).join("; "),
+        fix: "run it with --cap-drop NET_RAW (and without NET_ADMIN/SYS_ADMIN), or use the runtime gate",
+      });
+    }
     this.states.set(info.id, {
       id: info.id,
       name: info.name,
@@ -305,6 +338,7 @@ export class Reconciler {
       denied: out.status === "denied",
       unfiltered: false,
       pid: info.pid,
+      caps,
       attempts: out.status === "denied" ? (same?.attempts ?? 0) + 1 : 0,
     });
   }

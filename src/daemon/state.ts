@@ -26,6 +26,10 @@ export interface ContainerState {
    * container has a new one, so nothing applied to the old namespace counts for it.
    */
   pid?: number;
+  /** Why it cannot be filtered (no network namespace of its own): then nothing is written for it. */
+  refused?: string;
+  /** Risky capabilities it holds (NET_RAW, NET_ADMIN, SYS_ADMIN): each a way around its rules. */
+  caps?: string[];
   attempts: number;
 }
 

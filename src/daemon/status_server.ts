@@ -1,7 +1,7 @@
 /** The daemon's status server: /healthz, /status (JSON) and /metrics (Prometheus), on a unix socket or TCP. */
 import { dirname } from "node:path";
 import type { Logger } from "../log.ts";
-import { describeError } from "../errors.ts";
+import { AppError, describeError } from "../errors.ts";
 
 /** The JSON `/status` serves (and `egresstrator status` prints). */
 export interface StatusReport {
@@ -29,6 +29,10 @@ export interface StatusReport {
     lastError?: string;
     denied: boolean;
     unfiltered: boolean;
+    /** Why the container cannot be filtered at all (it shares another namespace). */
+    refused?: string;
+    /** Capabilities it holds that get around its rules. */
+    caps?: string[];
   }[];
 }
 
@@ -42,13 +46,48 @@ export interface StatusSource {
   gateApplied?(body: unknown): Response;
 }
 
-/** Serve until `signal` aborts. Returns once listening; a failure to listen is logged, not fatal. */
+/** The largest request body the gate endpoints read: a gate report or an env list, never more. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+async function readJson(req: Request): Promise<unknown> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > MAX_BODY_BYTES) return undefined;
+  const reader = req.body?.getReader();
+  if (!reader) return undefined;
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    size += r.value.length;
+    if (size > MAX_BODY_BYTES) {
+      await reader.cancel().catch(() => {});
+      return undefined;
+    }
+    chunks.push(r.value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) (all.set(c, at), at += c.length);
+  try {
+    return JSON.parse(new TextDecoder().decode(all));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Serve until `signal` aborts. Returns once listening; a failure to listen throws (the daemon must not
+ * run with someone else answering on its address). The gate endpoints, which change what the daemon
+ * believes, are served only on a unix socket (mode 0600); over TCP the server is read-only.
+ */
 export async function serveStatus(listen: string, src: StatusSource, log: Logger, signal: AbortSignal) {
+  const unix = listen.startsWith("unix://");
   const handler = async (req: Request): Promise<Response> => {
     const path = new URL(req.url).pathname;
-    if (req.method === "POST" && (path === "/v1/gate/render" || path === "/v1/gate/applied")) {
-      const body = await req.json().catch(() => undefined);
-      if (body === undefined) return new Response("bad JSON\n", { status: 400 });
+    if (unix && req.method === "POST" && (path === "/v1/gate/render" || path === "/v1/gate/applied")) {
+      const body = await readJson(req);
+      if (body === undefined) {
+        return new Response(`bad JSON, or over ${MAX_BODY_BYTES} bytes\n`, { status: 400 });
+      }
       if (path === "/v1/gate/render" && src.gateRender) return await src.gateRender(body);
       if (path === "/v1/gate/applied" && src.gateApplied) return src.gateApplied(body);
     }
@@ -60,15 +99,20 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
     }
     return new Response("not found: try /healthz, /status or /metrics\n", { status: 404 });
   };
+  let server: Deno.HttpServer;
   try {
-    let server: Deno.HttpServer;
-    if (listen.startsWith("unix://")) {
+    if (unix) {
       const path = listen.slice("unix://".length);
-      await Deno.mkdir(dirname(path), { recursive: true });
+      await Deno.mkdir(dirname(path), { recursive: true, mode: 0o700 });
       await Deno.remove(path).catch(() => {});
-      server = Deno.serve({ path, signal, onListen: () => {} }, handler);
-      // The gate endpoints answer with rules and take reports: root only.
-      await Deno.chmod(path, 0o600).catch(() => {});
+      // Created private: there is no moment at which another user could connect.
+      const umask = Deno.umask(0o177);
+      try {
+        server = Deno.serve({ path, signal, onListen: () => {} }, handler);
+      } finally {
+        Deno.umask(umask);
+      }
+      await Deno.chmod(path, 0o600);
     } else {
       const hostPort = listen.slice("tcp://".length);
       const i = hostPort.lastIndexOf(":");
@@ -78,12 +122,11 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
         handler,
       );
     }
-    log.info("status server listening", { listen });
-    return server;
   } catch (err) {
-    log.error("status server could not listen; continuing without it", { listen, error: describeError(err) });
-    return undefined;
+    throw new AppError(`status server cannot listen on ${listen}: ${describeError(err)}`, { cause: err });
   }
+  log.info("status server listening", { listen, gateEndpoints: unix });
+  return server;
 }
 
 /** Fetch a path from a running daemon's status server (POST with a JSON body when `body` is given). */
@@ -104,7 +147,9 @@ export async function fetchStatus(
     try {
       const res = await fetch(`http://egresstrator${path}`, { ...init, client });
       const data = await res.arrayBuffer();
-      return new Response(data, { status: res.status, headers: res.headers });
+      // 204 and 304 may not carry a body, not even an empty one.
+      const body = res.status === 204 || res.status === 304 ? null : data;
+      return new Response(body, { status: res.status, headers: res.headers });
     } finally {
       client.close();
     }

@@ -34,7 +34,7 @@ export function statusSource(d: StatusDeps): StatusSource {
       d.metrics.set(
         "egresstrator_enforced_containers",
         "Containers with rules in place",
-        d.reconciler.states.size - d.reconciler.unfilteredCount(),
+        [...d.reconciler.states.values()].filter((s) => !s.unfiltered && !s.refused).length,
       );
       d.metrics.set(
         "egresstrator_unfiltered_containers",

@@ -30,6 +30,10 @@ export interface ContainerInfo {
   image: string;
   startedAt: string;
   restartCount: number;
+  /** `HostConfig.CapAdd` / `CapDrop` as given (any case, with or without `CAP_`), and `Privileged`. */
+  capAdd: string[];
+  capDrop: string[];
+  privileged: boolean;
 }
 
 /** A short-lived helper container that joins another container's network namespace. */
@@ -104,6 +108,9 @@ export function toContainerInfo(raw: Json): ContainerInfo {
     image: str(config.Image) || str(raw.Image),
     startedAt: str(state.StartedAt),
     restartCount: typeof raw.RestartCount === "number" ? raw.RestartCount : 0,
+    capAdd: strings(host.CapAdd),
+    capDrop: strings(host.CapDrop),
+    privileged: host.Privileged === true,
   };
 }
 

@@ -58,15 +58,6 @@ async function runcPid(runc: string, globals: string[], id: string): Promise<num
   return s.pid;
 }
 
-/** The container's env from its bundle's config.json. */
-function bundleEnv(bundle: string): string[] {
-  const config = JSON.parse(Deno.readTextFileSync(`${bundle}/config.json`)) as {
-    process?: { env?: unknown };
-  };
-  const env = config.process?.env;
-  return Array.isArray(env) ? env.filter((e): e is string => typeof e === "string") : [];
-}
-
 /**
  * Tell whoever called runc why: stderr, and runc's `--log` file, which is where containerd looks for
  * the message of a failed create (it shows in `docker run`'s error).
@@ -92,14 +83,11 @@ export function say(text: string, globals: string[] = []): void {
 async function gateCreated(
   runc: string,
   globals: string[],
-  rest: string[],
+  id: string,
+  containerEnv: string[],
   env: Record<string, string | undefined>,
 ) {
-  const id = containerId(rest);
-  if (!id) return true;
   try {
-    const containerEnv = bundleEnv(bundleDir(rest) ?? Deno.cwd());
-    if (!containerEnv.includes("EGRESSTRATOR_ENABLE=1")) return true;
     const pid = await runcPid(runc, globals, id);
     // Only opted-in containers pay for loading the rule machinery.
     const { gateStart } = await import("./start.ts");
@@ -119,6 +107,38 @@ async function gateCreated(
   return false;
 }
 
+/**
+ * Before `runc create` of an opted-in bundle: refuse what cannot be filtered, drop CAP_NET_RAW from the
+ * spec. Returns the container's env when its rules must go in after create, `undefined` when the create
+ * passes through untouched, or an exit code when it was refused.
+ */
+async function beforeCreate(
+  rest: string[],
+  globals: string[],
+  env: Record<string, string | undefined>,
+): Promise<string[] | undefined | number> {
+  const id = containerId(rest);
+  if (!id) return undefined;
+  const path = `${bundleDir(rest) ?? Deno.cwd()}/config.json`;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (err) {
+    say(`refusing ${id}: cannot read ${path}: ${err instanceof Error ? err.message : String(err)}`, globals);
+    return 1;
+  }
+  // The cheap test first: a bundle without the opt-in anywhere in it passes untouched.
+  if (!text.includes("EGRESSTRATOR_ENABLE=1")) return undefined;
+  const { decideBundle } = await import("./bundle.ts");
+  const d = decideBundle(path, text, env);
+  if (d.refuse) {
+    say(`refusing to start ${id.slice(0, 12)}: ${d.refuse}`, globals);
+    return 1;
+  }
+  if (d.note) say(`${id.slice(0, 12)}: ${d.note}`);
+  return d.enforceEnv;
+}
+
 /** Run as the runtime. Returns the exit code for main.ts. */
 export async function runGate(
   argv: string[],
@@ -127,7 +147,9 @@ export async function runGate(
   const env = gateEnv(processEnv);
   const runc = findRunc(env);
   const args = parseRuncArgs(argv);
+  const before = args.command === "create" ? await beforeCreate(args.rest, args.globals, env) : undefined;
+  if (typeof before === "number") return before;
   const code = await passThrough(runc, argv);
-  if (code !== 0 || args.command !== "create") return code;
-  return (await gateCreated(runc, args.globals, args.rest, env)) ? 0 : 1;
+  if (code !== 0 || before === undefined) return code;
+  return (await gateCreated(runc, args.globals, containerId(args.rest)!, before, env)) ? 0 : 1;
 }

@@ -3,7 +3,8 @@
  * directly), or fail closed (deny-all) or refuse the start, as configured; apply them with nsenter into
  * the created namespace; tell the daemon so it does not apply them again.
  */
-import { buildConfig, type Config, parseDuration } from "../config/config.ts";
+import { type Config, parseDuration } from "../config/config.ts";
+import { loadConfig } from "../config/load.ts";
 import { rawFromEnv } from "../config/options_table.ts";
 import { containerIntent } from "../rules/intent.ts";
 import { fetchStatus } from "../daemon/status_server.ts";
@@ -11,7 +12,7 @@ import { openRuleContext } from "../context.ts";
 import { RuleCache } from "../rules/rule_cache.ts";
 import { savedHash } from "../apply/enforce.ts";
 import { buildRules, countRules, denyPlan } from "../render/build.ts";
-import { loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
+import { checkRendered, loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
 import { NsenterApplier } from "../apply/nsenter.ts";
 import { denoRunner, kernelHasIPv6 } from "../apply/applier.ts";
 import { describeError } from "../errors.ts";
@@ -41,9 +42,17 @@ async function fromDaemon(
   timeoutMs: number,
 ): Promise<Rules> {
   if (!config.listen) throw new Error("no daemon address (--listen none)");
-  const res = await fetchStatus(config.listen, "/v1/gate/render", timeoutMs, { id, env: containerEnv });
+  // Only what decides the rules leaves the container's env: no secrets in the request.
+  const env = containerEnv.filter((e) => e.startsWith("EGRESSTRATOR_"));
+  const res = await fetchStatus(config.listen, "/v1/gate/render", timeoutMs, { id, env });
   const body = await res.json() as Rules & { ipv4: string; ipv6: string; error?: string };
   if (!res.ok) throw new Error(`daemon: ${body.error ?? res.status}`);
+  // Whoever answers on the socket, what goes into the namespace must be a filter table and nothing else.
+  if (typeof body.ipv4 !== "string" || typeof body.ipv6 !== "string" || typeof body.hash !== "string") {
+    throw new Error("daemon: the answer has no rules");
+  }
+  checkRendered(body.ipv4, "the daemon's ipv4 rules");
+  checkRendered(body.ipv6, "the daemon's ipv6 rules");
   return { ...body, rendered: { ipv4: body.ipv4, ipv6: body.ipv6 } };
 }
 
@@ -95,7 +104,8 @@ export async function gateStart(inp: GateStartInput): Promise<string | undefined
   const t0 = performance.now();
   let config: Config;
   try {
-    config = buildConfig(rawFromEnv(inp.env));
+    // The same path as the daemon's: token file, TLS files, `--dns host` and all.
+    config = await loadConfig(rawFromEnv(inp.env));
   } catch (err) {
     return refuse(inp.env, inp.id, `bad configuration: ${describeError(err)}`);
   }

@@ -93,3 +93,49 @@ Deno.test("fail closed: on a kernel without IPv6 only IPv4 rules are written, an
     }
   });
 });
+
+Deno.test("fail closed: a restart-policy container that dockerd restarts gets its rules in its new namespace", async () => {
+  await withLive({}, async (env) => {
+    const net = await env.d.createNetwork();
+    const always = { RestartPolicy: { Name: "always" } };
+    const server = await env.d.run({
+      cmd: ["httpd", "-f", "-p", "8080"],
+      network: net.name,
+      hostConfig: always,
+    });
+    // The whole subnet is protected, so the server's address after the restart needs no KV change (a
+    // change would re-apply anyway and hide what this test is about).
+    await env.put("srv", `${net.subnet}:tcp/8080\n`);
+    const client = await env.d.run({
+      cmd: ["sleep", "3600"],
+      network: net.name,
+      env: optIn([], "protect"),
+      hostConfig: always,
+    });
+    const p = await env.daemon();
+    const applies = () => p.logs().filter((e) => e.msg === "applied" && e.container === client.name).length;
+    await waitFor(() => applies() === 1, 60_000, "the first apply");
+    const pidBefore = await containerPid(client.id, env.d.host);
+
+    await env.d.restart(); // the containers die with it and come back in new namespaces
+    const pidAfter = await waitFor(
+      async () => {
+        const pid = await containerPid(client.id, env.d.host).catch(() => 0);
+        return pid && pid !== pidBefore ? pid : undefined;
+      },
+      60_000,
+      "the client running again with a new pid",
+    );
+    await waitFor(() => applies() === 2, 60_000, "an apply into the new namespace");
+    const { v4 } = await addresses(env.d, server.id, net.name);
+    const r = await canConnect(client.id, v4, 8080, env.d.host);
+    assert.equal(
+      r.ok,
+      false,
+      `the restarted client (pid ${pidAfter}) reaches the protected server: ${r.detail}`,
+    );
+    const status = await getStatus(env.listen);
+    assert.equal(status.containers.find((c) => c.name === client.name)?.unfiltered, false);
+    assert.equal((await p.stop()).code, 0);
+  });
+});

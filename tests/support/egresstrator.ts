@@ -260,7 +260,7 @@ export function rejectLine(cidr: string, port: number | string, proto: "tcp" | "
   const target = proto === "tcp"
     ? "REJECT --reject-with tcp-reset"
     : "REJECT --reject-with icmp-port-unreachable";
-  return `-A OUTPUT -d ${cidr} ${match} -m conntrack --ctstate NEW -j ${target}`;
+  return `-A OUTPUT -d ${cidr} ${match} -m conntrack --ctdir ORIGINAL -j ${target}`;
 }
 
 /** The last rule of the deny-all (allowlist) set: everything else rejected. */

@@ -190,7 +190,7 @@ Deno.test("cli: render --acl-dir prints the rules for a list", async () => {
     assert.ok(
       r.stdout.includes(
         "# protected: team/db\n" +
-          "-A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctstate NEW " +
+          "-A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctdir ORIGINAL " +
           "-j REJECT --reject-with icmp-port-unreachable\n" +
           "# allowed: web\nCOMMIT\n",
       ),

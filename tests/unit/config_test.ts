@@ -278,3 +278,26 @@ Deno.test("config: the result is deeply frozen", () => {
   assert.ok(!Object.isFrozen(DEFAULTS.dnsResolvers) || DEFAULTS.dnsResolvers.length === 9);
   assert.equal(buildConfig({}).dnsResolvers.length, 9);
 });
+
+Deno.test("config: --dns host takes the host's resolvers, skipping a loopback-only resolv.conf", async () => {
+  const { hostResolvers, nameservers } = await import("../../src/config/load.ts");
+  assert.deepEqual(nameservers("# c\nnameserver 10.1.2.3\nnameserver fe80::1%eth0\nsearch x\n"), [
+    "10.1.2.3",
+    "fe80::1",
+  ]);
+  const files: Record<string, string> = {
+    "/etc/resolv.conf": "nameserver 127.0.0.53\noptions edns0\n",
+    "/run/systemd/resolve/resolv.conf": "nameserver 192.0.2.53\nnameserver 2001:db8::53\n",
+  };
+  const read = (p: string) =>
+    files[p] === undefined ? Promise.reject(new Error("ENOENT")) : Promise.resolve(files[p]);
+  assert.deepEqual(await hostResolvers(read), ["192.0.2.53", "2001:db8::53"]);
+  files["/etc/resolv.conf"] = "nameserver 198.51.100.1\n";
+  assert.deepEqual(await hostResolvers(read), ["198.51.100.1"]);
+  files["/etc/resolv.conf"] = "nameserver 127.0.0.11\n";
+  delete files["/run/systemd/resolve/resolv.conf"];
+  await assert.rejects(
+    hostResolvers(read),
+    /--dns host: no non-loopback nameserver in \/etc\/resolv.conf or/,
+  );
+});

@@ -166,7 +166,7 @@ Deno.test("inspectContainer maps Docker's answer", async () => {
     RestartCount: 2,
     State: { Running: true, Pid: 4242, StartedAt: "2026-01-01T00:00:00Z" },
     Config: { Image: "nginx:1", Env: ["A=1"], Labels: { egress: "x" } },
-    HostConfig: { NetworkMode: "bridge" },
+    HostConfig: { NetworkMode: "bridge", CapAdd: ["NET_ADMIN"], CapDrop: ["cap_net_raw"], Privileged: false },
   };
   await withFake({ route: () => json(raw) }, async (fake, client) => {
     assertEquals(await client().inspectContainer("web"), {
@@ -180,6 +180,9 @@ Deno.test("inspectContainer maps Docker's answer", async () => {
       image: "nginx:1",
       startedAt: "2026-01-01T00:00:00Z",
       restartCount: 2,
+      capAdd: ["NET_ADMIN"],
+      capDrop: ["cap_net_raw"],
+      privileged: false,
     });
     strictEqual(fake.calls[1], "GET /v1.41/containers/web/json");
   });

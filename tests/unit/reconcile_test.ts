@@ -26,6 +26,9 @@ function info(id: string, env: string[], running = true): ContainerInfo {
     image: "x",
     startedAt: "",
     restartCount: 0,
+    capAdd: [],
+    capDrop: ["NET_RAW"],
+    privileged: false,
   };
 }
 

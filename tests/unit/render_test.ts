@@ -148,9 +148,12 @@ const guards = (family: Family, resolver: string) => {
 -A OUTPUT -o lo -j ACCEPT
 ${family === "ipv6" ? ND : ""}# a NEW tcp connection must start with SYN
 -A OUTPUT -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset
-# DNS over UDP only to allowed resolvers
+# DNS (udp and tcp 53) and DNS over TLS (tcp 853) only to allowed resolvers
 -A OUTPUT -p udp -m udp --dport 53 -j egresstrator-dns
+-A OUTPUT -p tcp -m tcp --dport 53 -j egresstrator-dns
+-A OUTPUT -p tcp -m tcp --dport 853 -j egresstrator-dns
 -A egresstrator-dns -d ${resolver} -j RETURN
+-A egresstrator-dns -p tcp -j REJECT --reject-with tcp-reset
 -A egresstrator-dns -j DROP
 # no NTP
 -A OUTPUT -p udp -m udp --dport 123 -j REJECT --reject-with ${icmp}
@@ -158,32 +161,40 @@ ${family === "ipv6" ? ND : ""}# a NEW tcp connection must start with SYN
 };
 
 const PROTECT_LINE =
-  "# protect: destinations named by ACL keys this container does not list are rejected; the rest is open\n";
+  "# protect: destinations named by ACL keys this container does not list are rejected; the rest is open.\n" +
+  "# Every packet the container sends on its own connections is checked, not only the first: a destination\n" +
+  "# that becomes protected is cut at its next packet.\n";
 const ALLOWLIST_LINE =
-  "# allowlist: only this container's own ACL destinations (and DNS to allowed resolvers) are reachable\n";
+  "# allowlist: only this container's own ACL destinations (and DNS to allowed resolvers) are reachable.\n" +
+  "# Every packet of a connection the container opened must match an allowed destination, not only the\n" +
+  "# first: a destination taken off the list is cut at its next packet.\n";
+const ALLOWLIST_HEAD = `# replies on connections made to the container, and ICMP errors about any flow
+-A OUTPUT -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j ACCEPT
+-A OUTPUT -m conntrack --ctstate RELATED -j ACCEPT
+# DNS: the guards above let it reach the allowed resolvers only
+-A OUTPUT -p udp -m udp --dport 53 -j ACCEPT
+-A OUTPUT -p tcp -m multiport --dports 53,853 -j ACCEPT
+`;
 
 const EXPECTED: Record<string, string> = {
   "protect ipv4": header("protect", "ipv4", "web,gone", "gone") + PROTECT_LINE +
     guards("ipv4", "10.0.0.2/32") +
     `# protected: db
--A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctstate NEW -j REJECT --reject-with icmp-port-unreachable
--A OUTPUT -d 10.9.0.0/16 -p tcp -m multiport --dports 1:65535 -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset
+-A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with icmp-port-unreachable
+-A OUTPUT -d 10.9.0.0/16 -p tcp -m multiport --dports 1:65535 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset
 # allowed: web
 COMMIT
 `,
   "protect ipv6": header("protect", "ipv6", "web,gone", "gone") + PROTECT_LINE +
     guards("ipv6", "fd00::53/128") +
     `# protected: db
--A OUTPUT -d fd00::/8 -p tcp -m tcp --dport 5432 -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset
+-A OUTPUT -d fd00::/8 -p tcp -m tcp --dport 5432 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset
 # allowed: web
 COMMIT
 `,
   "allowlist ipv4": header("allowlist", "ipv4", "web,gone", "gone") + ALLOWLIST_LINE +
     guards("ipv4", "10.0.0.2/32") +
-    `-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
--A OUTPUT -p udp -m udp --dport 53 -j ACCEPT
--A OUTPUT -d 10.0.0.2/32 -p tcp -m tcp --dport 53 -j ACCEPT
-# allowed: web
+    ALLOWLIST_HEAD + `# allowed: web
 -A OUTPUT -d 10.0.0.0/8 -p tcp -m tcp --dport 80 -j ACCEPT
 -A OUTPUT -p tcp -j REJECT --reject-with tcp-reset
 -A OUTPUT -j REJECT --reject-with icmp-port-unreachable
@@ -191,10 +202,7 @@ COMMIT
 `,
   "allowlist ipv6": header("allowlist", "ipv6", "web,gone", "gone") + ALLOWLIST_LINE +
     guards("ipv6", "fd00::53/128") +
-    `-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
--A OUTPUT -p udp -m udp --dport 53 -j ACCEPT
--A OUTPUT -d fd00::53/128 -p tcp -m tcp --dport 53 -j ACCEPT
-# allowed: web
+    ALLOWLIST_HEAD + `# allowed: web
 -A OUTPUT -d 2001:db8::/32 -p tcp -m tcp --dport 443 -j ACCEPT
 -A OUTPUT -p tcp -j REJECT --reject-with tcp-reset
 -A OUTPUT -j REJECT --reject-with icmp6-port-unreachable
@@ -241,12 +249,16 @@ Deno.test("render: without a container or ACLs, and with no resolvers for a fami
   );
   assert.ok(!v4.includes("# missing acls"));
   const v6 = renderer.render(plan, "ipv6");
-  // no IPv6 resolver: UDP DNS over IPv6 is all dropped
-  assert.match(v6, /-A OUTPUT -p udp -m udp --dport 53 -j egresstrator-dns\n-A egresstrator-dns -j DROP\n/);
+  // no IPv6 resolver: DNS (udp, tcp, DoT) over IPv6 is all refused
+  assert.match(
+    v6,
+    /-A OUTPUT -p tcp -m tcp --dport 853 -j egresstrator-dns\n-A egresstrator-dns -p tcp -j REJECT --reject-with tcp-reset\n-A egresstrator-dns -j DROP\n/,
+  );
   assert.match(v6, /# protected: db\n-A OUTPUT -d fd00::\/8 /);
   const allow = planFor({ policy: "allowlist", acls: [], dns: ["10.0.0.2"] });
   const a6 = renderer.render(allow, "ipv6");
-  assert.ok(!a6.includes("--dport 53 -j ACCEPT\n-A OUTPUT -d"), "no TCP DNS rule without a resolver");
+  // The DNS accepts follow the guard, which has no RETURN without a resolver: nothing gets to them.
+  assert.ok(!a6.includes("-A egresstrator-dns -d "), "no resolver RETURN without a resolver");
   await assertKernelAccepts([
     { name: "no container ipv4", family: "ipv4", text: v4 },
     { name: "no resolver ipv6", family: "ipv6", text: v6 },
@@ -268,7 +280,7 @@ Deno.test("render: port ranges use multiport, single ports the protocol match", 
   for (const policy of ["protect", "allowlist"] as const) {
     const plan = planFor({ policy, acls: policy === "allowlist" ? ["ranges"] : [], aclText });
     const v4 = renderer.render(plan, "ipv4");
-    const tail = policy === "protect" ? " -m conntrack --ctstate NEW -j REJECT" : " -j ACCEPT";
+    const tail = policy === "protect" ? " -m conntrack --ctdir ORIGINAL -j REJECT" : " -j ACCEPT";
     assert.ok(v4.includes(`-A OUTPUT -d 10.0.0.0/8 -p tcp -m multiport --dports 1000:2000${tail}`), v4);
     assert.ok(v4.includes(`-A OUTPUT -d 10.0.0.0/8 -p udp -m multiport --dports 5000:5001${tail}`), v4);
     assert.ok(v4.includes(`-A OUTPUT -d 10.1.0.0/16 -p tcp -m tcp --dport 22${tail}`), v4);

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { containerIntent, envMap } from "../../src/rules/intent.ts";
 import { ENFORCE_BUCKETS, Metrics } from "../../src/daemon/metrics.ts";
 import { formatStatus } from "../../src/cli/commands/status.ts";
-import { applyPayload, chunkEnv, normalizeSaved, splitRead } from "../../src/apply/applier.ts";
+import { applyPayload, chunkEnv, normalizeSaved, RAW_TEXT, splitRead } from "../../src/apply/applier.ts";
 
 Deno.test("containerIntent: opt-in is exactly 1; lists trimmed; bad names and policies reported", () => {
   assert.equal(containerIntent(["EGRESSTRATOR_ENABLE=1"], "protect").enabled, true);
@@ -97,7 +97,8 @@ Deno.test("applyPayload chunks big texts and the script tests both families befo
   const big = "x".repeat(150 * 1024);
   assert.equal(Object.keys(chunkEnv("4", big)).length, 3);
   const { env, script } = applyPayload({ ipv4: big, ipv6: "small" });
-  assert.equal(Object.keys(env).length, 4);
+  assert.equal(Object.keys(env).length, 5, "three ipv4 chunks, one ipv6, and the raw table");
+  assert.equal(env.EGTRAW, RAW_TEXT);
   assert.equal(env.EGT4_0 + env.EGT4_1 + env.EGT4_2, big);
   const lines = script.split("\n");
   const firstWrite = lines.findIndex((l) => / iptables-restore \|\| exit 4/.test(l));

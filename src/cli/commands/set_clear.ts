@@ -12,6 +12,8 @@ import { containerIntent } from "../../rules/intent.ts";
 import { CLEAR_TEXT } from "../../render/renderer.ts";
 import { parseAclList } from "../../rules/plan.ts";
 import { createLogger } from "../../log.ts";
+import { heldCaps } from "../../apply/caps.ts";
+import { capRisk, namespaceProblem } from "../../rules/isolation.ts";
 import { pool } from "../../util/async.ts";
 import type { Out } from "./io.ts";
 
@@ -47,6 +49,15 @@ export async function targets(
   return infos.filter((i): i is ContainerInfo => !!i && containerIntent(i.env, config.policy).enabled);
 }
 
+async function warnCaps(info: ContainerInfo, out: Out): Promise<void> {
+  const caps = await heldCaps(info);
+  if (caps.length === 0) return;
+  out.stderr(
+    `set: warning: ${label(info)} holds ${caps.join(", ")} (${caps.map(capRisk).join("; ")}): ` +
+      "run it with --cap-drop NET_RAW, or use the runtime gate\n",
+  );
+}
+
 /** Run `set`; returns the exit code. */
 export async function setCommand(config: Config, opts: TargetOptions, out: Out, signal: AbortSignal) {
   const docker = new DockerClient({ host: config.dockerHost, apiVersion: config.dockerApiVersion });
@@ -69,6 +80,7 @@ export async function setCommand(config: Config, opts: TargetOptions, out: Out, 
     };
     const aclsOverride = opts.rules !== undefined ? parseAclList(opts.rules) : undefined;
     let failed = 0;
+    let refused = 0;
     await pool(list, config.concurrency, async (info) => {
       const t0 = performance.now();
       try {
@@ -78,7 +90,11 @@ export async function setCommand(config: Config, opts: TargetOptions, out: Out, 
         if (r.status === "skipped") {
           failed++;
           out.stdout(`${label(info)}: not set: ${r.reason} (set EGRESSTRATOR_ENABLE=1 or pass --rules)\n`);
+        } else if (r.status === "refused") {
+          refused++;
+          out.stderr(`set: ${label(info)}: refused: ${r.reason}\n`);
         } else {
+          await warnCaps(info, out);
           // The real rules are not in place: that is a failure of `set`, whatever stands in for them.
           if (r.status === "denied") failed++;
           const what = r.status === "denied"
@@ -97,7 +113,8 @@ export async function setCommand(config: Config, opts: TargetOptions, out: Out, 
         out.stdout(`${label(info)}: FAILED: ${describeError(err)}\n`);
       }
     });
-    return failed > 0 ? 1 : 0;
+    // A container that cannot be filtered is a usage error (2); a failed apply is a runtime one (1).
+    return failed > 0 ? 1 : refused > 0 ? 2 : 0;
   } finally {
     ctx.close();
     docker.close();
@@ -113,7 +130,13 @@ export async function clearCommand(config: Config, opts: TargetOptions, out: Out
     if (list.length === 0) out.stderr("clear: no running container opts in (EGRESSTRATOR_ENABLE=1)\n");
     const applier = makeApplier(config, docker, log);
     let failed = 0;
+    let refused = 0;
     await pool(list, config.concurrency, async (info) => {
+      const shared = namespaceProblem(info);
+      if (shared) {
+        refused++;
+        return out.stderr(`clear: ${label(info)}: refused: ${shared}\n`);
+      }
       try {
         await applier.apply(info, { ipv4: CLEAR_TEXT, ipv6: CLEAR_TEXT }, signal);
         out.stdout(`${label(info)}: cleared\n`);
@@ -123,7 +146,7 @@ export async function clearCommand(config: Config, opts: TargetOptions, out: Out
         out.stdout(`${label(info)}: FAILED: ${describeError(err)}\n`);
       }
     });
-    return failed > 0 ? 1 : 0;
+    return failed > 0 ? 1 : refused > 0 ? 2 : 0;
   } finally {
     docker.close();
   }

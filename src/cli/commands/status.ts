@@ -17,7 +17,7 @@ export function formatStatus(r: StatusReport): string {
     }, ` +
     `policy ${r.policy}, ${r.source}, ` +
     `${r.watches} watches, docker ${r.docker.connected ? "connected" : "DISCONNECTED"}, ` +
-    `${r.containers.length - (r.unfiltered ?? 0)} containers enforced` +
+    `${r.containers.filter((c) => !c.unfiltered && !c.refused).length} containers enforced` +
     (r.unfiltered ? `, ${r.unfiltered} UNFILTERED` : "") + "\n";
   if (r.containers.length === 0) return head;
   const rows = [["CONTAINER", "NAME", "POLICY", "ACLS", "RULES", "HASH", "LAST APPLIED", "ERROR"]];
@@ -25,7 +25,9 @@ export function formatStatus(r: StatusReport): string {
     rows.push([
       c.id.slice(0, 12),
       c.name,
-      c.unfiltered
+      c.refused
+        ? "NOT ENFORCEABLE"
+        : c.unfiltered
         ? "UNFILTERED"
         : c.denied
         ? "deny-all"
@@ -36,7 +38,7 @@ export function formatStatus(r: StatusReport): string {
       String(c.ruleCount),
       c.hash?.slice(0, 12) ?? "-",
       c.lastApplied ?? "-",
-      c.lastError ?? "",
+      [c.refused, c.lastError, c.caps?.length ? `holds ${c.caps.join(",")}` : ""].filter(Boolean).join("; "),
     ]);
   }
   return head + table(rows);
