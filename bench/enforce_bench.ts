@@ -17,11 +17,10 @@
  */
 import { applyPayload } from "../src/apply/applier.ts";
 import type { DockerClient } from "../src/docker/client.ts";
-import { BUSYBOX_IMAGE, RUN_ID, TEST_LABEL, testName } from "../tests/support/docker.ts";
+import { BUSYBOX_IMAGE, HELPER_IMAGE, RUN_ID, TEST_LABEL, testName } from "../tests/support/docker.ts";
 import { containerPid, type DaemonProc, runCli, waitFor } from "../tests/support/egresstrator.ts";
 import {
   getMetrics,
-  HELPER_IMAGE,
   type LiveEnv,
   machine,
   metricValue,

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import {
   BUSYBOX_IMAGE,
   docker,
+  HELPER_IMAGE,
   removeAllTestObjects,
   requireImage,
   RUN_ID,
@@ -26,7 +27,6 @@ import {
   runCli,
 } from "../support/egresstrator.ts";
 
-const HELPER_IMAGE = "egresstrator-test/helper:1";
 const HELPER = ["--mode", "helper", "-i", HELPER_IMAGE];
 
 const KEYS: Record<string, string> = {

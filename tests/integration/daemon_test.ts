@@ -6,7 +6,7 @@
  * Traffic only flows between containers a test started, on a network it created; 10.50.x.x is never dialed.
  */
 import assert from "node:assert/strict";
-import { BUSYBOX_IMAGE, RUN_ID } from "../support/docker.ts";
+import { BUSYBOX_IMAGE, HELPER_IMAGE, RUN_ID } from "../support/docker.ts";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "../support/dockerd.ts";
 import {
@@ -28,7 +28,6 @@ import {
   waitFor,
 } from "../support/egresstrator.ts";
 
-const HELPER_IMAGE = "egresstrator-test/helper:1";
 /** Never dialed. */
 const OTHER_CIDR = "10.50.128.0/24";
 

@@ -8,7 +8,14 @@
  * addresses in the keys (10.50.128.0/24) are never dialed.
  */
 import assert from "node:assert/strict";
-import { BUSYBOX_IMAGE, removeAllTestObjects, requireImage, runContainer } from "../support/docker.ts";
+import {
+  BUSYBOX_IMAGE,
+  HELPER_IMAGE,
+  removeAllTestObjects,
+  requireImage,
+  RUN_ID,
+  runContainer,
+} from "../support/docker.ts";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import {
   canConnect,
@@ -21,9 +28,7 @@ import {
   ruleLines,
   runCli,
 } from "../support/egresstrator.ts";
-import { RUN_ID } from "../support/docker.ts";
 
-const HELPER_IMAGE = "egresstrator-test/helper:1";
 /** Never dialed: only there so "other" has a destination of its own. */
 const OTHER = "10.50.128.0/24:tcp/443";
 

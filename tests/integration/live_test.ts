@@ -27,7 +27,6 @@ import {
   createDualStackNetwork,
   getMetrics,
   getStatus,
-  HELPER_IMAGE,
   type LiveEnv,
   metricValue,
   optIn,
@@ -37,6 +36,7 @@ import {
   timeUntil,
   withLive,
 } from "../support/live.ts";
+import { BUSYBOX_IMAGE, HELPER_IMAGE } from "../support/docker.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 /** What "within 2 s" means below: from the write's return to the rules read back from the namespace. */
@@ -542,7 +542,7 @@ Deno.test({
   // what was saved). Seen here: 6-8 of 16 containers kept the old CIDR in helper mode, 2 of 16 once in
   // nsenter mode. Fix: in markAffected, also mark every id in `inFlight` (and `dirty`) that has no state yet.
   fn: async () => {
-    await withLive({ images: ["egresstrator-test/busybox:1", HELPER_IMAGE] }, async (env) => {
+    await withLive({ images: [BUSYBOX_IMAGE, HELPER_IMAGE] }, async (env) => {
       await env.put("k", "10.50.100.0/24:tcp/443\n");
       // Helper mode: each first apply takes about a second, which makes the window wide enough to hit.
       const p = await env.daemon(["--mode", "helper", "-i", HELPER_IMAGE]);

@@ -11,8 +11,19 @@ export const TEST_LABEL = "egresstrator-test";
 /** This test process's id: the value of {@link TEST_LABEL} on what it creates. */
 export const RUN_ID = `${Date.now().toString(36)}-${crypto.randomUUID().slice(0, 8)}`;
 
+/** `NAME="value"` from scripts/test_env.sh, which builds the test images: the one place their names are written. */
+function testEnvSetting(name: string): string {
+  const path = new URL("../../scripts/test_env.sh", import.meta.url);
+  const m = new RegExp(`^${name}="([^"]+)"$`, "m").exec(Deno.readTextFileSync(path));
+  if (!m) throw new Error(`${path.pathname} sets no ${name}="..."`);
+  return m[1];
+}
+
 /** Static busybox with every applet in /bin, built by scripts/test_env.sh. */
-export const BUSYBOX_IMAGE = "egresstrator-test/busybox:1";
+export const BUSYBOX_IMAGE: string = testEnvSetting("BUSYBOX_IMAGE");
+
+/** Debian with iptables, for `--mode helper -i`, built by scripts/test_env.sh. */
+export const HELPER_IMAGE: string = testEnvSetting("HELPER_IMAGE");
 
 /** A client for the default socket (or DOCKER_HOST-like `host`). Close it when done. */
 export function docker(opts: DockerClientOptions = {}): DockerClient {

@@ -13,8 +13,6 @@ import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
 import { networkBody, RUN_ID, testName } from "./docker.ts";
 import { type DaemonProc, type LogEntry, startDaemon } from "./egresstrator.ts";
 
-export const HELPER_IMAGE = "egresstrator-test/helper:1";
-
 /** Env that opts a container in with an ACL list and a policy. */
 export function optIn(acls: string[], policy: "protect" | "allowlist" = "protect"): string[] {
   return ["EGRESSTRATOR_ENABLE=1", `EGRESSTRATOR_ACL=${acls.join(",")}`, `EGRESSTRATOR_POLICY=${policy}`];
