@@ -4,7 +4,7 @@
  * up in a container's network namespace.
  */
 import { DockerClient } from "../../src/docker/client.ts";
-import { REPO_ROOT } from "./run_cli.ts";
+import { cliEnv, REPO_ROOT } from "./run_cli.ts";
 import { createNetwork, testName } from "./docker.ts";
 
 export { type CliResult, REPO_ROOT, runCli, type RunCliOptions } from "./run_cli.ts";
@@ -44,8 +44,6 @@ export interface StartDaemonOptions {
   env?: Record<string, string>;
 }
 
-const SCRUBBED = /^(CONSUL_|EGRESSTRATOR_|DOCKER_)/;
-
 function parseLine(line: string): LogEntry {
   try {
     const v = JSON.parse(line);
@@ -64,9 +62,7 @@ function describeLogs(entries: LogEntry[], n = 40): string {
  * say otherwise, `--listen none`: the default status socket is shared by every daemon on the host.
  */
 export function startDaemon(opts: StartDaemonOptions): Promise<DaemonProc> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(Deno.env.toObject())) if (!SCRUBBED.test(k)) env[k] = v;
-  Object.assign(env, opts.env ?? {});
+  const env = cliEnv(opts.env);
   const listen = opts.args.includes("--listen") ? [] : ["--listen", "none"];
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--quiet", `${REPO_ROOT}/main.ts`, "--log-format", "json", ...listen, ...opts.args],
