@@ -9,11 +9,11 @@ import assert from "node:assert/strict";
 import { BUSYBOX_IMAGE, HELPER_IMAGE, RUN_ID } from "../support/docker.ts";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "../support/dockerd.ts";
+import { freePort } from "../support/ports.ts";
 import {
   canConnect,
   containerIp,
   type DaemonProc,
-  freePort,
   helpersLeft,
   iptablesIn,
   type LogEntry,

@@ -20,6 +20,7 @@ import {
   waitFor,
 } from "../support/egresstrator.ts";
 import { BUSYBOX_IMAGE, requireImage, RUN_ID, TEST_LABEL } from "../support/docker.ts";
+import { freePort } from "../support/ports.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 await requireImage(BUSYBOX_IMAGE);
@@ -84,13 +85,6 @@ async function writeWrapper(dir: string): Promise<string> {
   ].join("\n");
   await Deno.writeTextFile(path, script, { mode: 0o755 });
   return path;
-}
-
-function closedPort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 async function containerIp(d: PrivateDockerd, id: string, net: string): Promise<string> {
@@ -493,7 +487,7 @@ async function verdicts(env: Env, id: string, n: number): Promise<string[]> {
 Deno.test("gate: daemon and Consul down: deny-all by default, refused with EGRESSTRATOR_GATE_ON_FAILURE=refuse", async () => {
   await withGateEnv({ daemon: false }, async (env) => {
     await env.writeGateEnv({
-      CONSUL_HTTP_ADDR: `127.0.0.1:${closedPort()}`,
+      CONSUL_HTTP_ADDR: `127.0.0.1:${freePort()}`,
       EGRESSTRATOR_LISTEN: `unix://${env.dir}/missing.sock`,
       EGRESSTRATOR_GATE_TIMEOUT: "2s",
     });
@@ -513,7 +507,7 @@ Deno.test("gate: daemon and Consul down: deny-all by default, refused with EGRES
     assert.deepEqual([plain.code, plain.stdout], [0, "fine\n"], plain.stderr);
 
     await env.writeGateEnv({
-      CONSUL_HTTP_ADDR: `127.0.0.1:${closedPort()}`,
+      CONSUL_HTTP_ADDR: `127.0.0.1:${freePort()}`,
       EGRESSTRATOR_LISTEN: `unix://${env.dir}/missing.sock`,
       EGRESSTRATOR_GATE_TIMEOUT: "2s",
       EGRESSTRATOR_GATE_ON_FAILURE: "refuse",

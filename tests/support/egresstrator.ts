@@ -288,14 +288,6 @@ export async function canConnect(
   };
 }
 
-/** A free TCP port on 127.0.0.1 (released again: something else may take it, rarely). */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
 /** A plain TCP relay from 127.0.0.1:`port` to `target` ("host:port"), for a service that starts later. */
 export interface Relay {
   port: number;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ConsulClient, normalizeConsulAddress, parseDurationMs } from "../../src/consul/client.ts";
 import { ConfigError, ConsulError, ValidationError } from "../../src/errors.ts";
+import { freePort } from "../support/ports.ts";
 
 /** closing aborts just before the server shuts down, so hanging handlers can finish. */
 type Handler = (req: Request, closing: AbortSignal) => Response | Promise<Response>;
@@ -428,9 +429,7 @@ Deno.test("abort: the caller's signal rejects with its reason unchanged", async 
 });
 
 Deno.test("unreachable: connection refused is named with the address and path", async () => {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = l.addr.port;
-  l.close();
+  const port = freePort();
   await withClient({ address: `127.0.0.1:${port}`, token: "tok-123" }, async (c) => {
     const e = await consulError(c.kvTree("egress/acl/"));
     assert.equal(e.status, undefined);
