@@ -6,13 +6,12 @@
  * Traffic only flows between containers a test started, on a network it created; 10.50.x.x is never dialed.
  */
 import assert from "node:assert/strict";
-import { BUSYBOX_IMAGE, HELPER_IMAGE, RUN_ID } from "../support/docker.ts";
+import { BUSYBOX_IMAGE, containerIp, HELPER_IMAGE, RUN_ID } from "../support/docker.ts";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "../support/dockerd.ts";
 import { freePort } from "../support/ports.ts";
 import {
   canConnect,
-  containerIp,
   type DaemonProc,
   helpersLeft,
   iptablesIn,

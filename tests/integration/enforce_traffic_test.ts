@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import {
   BUSYBOX_IMAGE,
+  containerIp,
   HELPER_IMAGE,
   removeAllTestObjects,
   requireImage,
@@ -19,7 +20,6 @@ import {
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import {
   canConnect,
-  containerIp,
   createSubnetNetwork,
   execAt,
   helpersLeft,

@@ -19,7 +19,7 @@ import {
   startDaemon,
   waitFor,
 } from "../support/egresstrator.ts";
-import { BUSYBOX_IMAGE, requireImage, RUN_ID, TEST_LABEL } from "../support/docker.ts";
+import { BUSYBOX_IMAGE, containerIp, requireImage, RUN_ID, TEST_LABEL } from "../support/docker.ts";
 import { freePort } from "../support/ports.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
@@ -87,21 +87,6 @@ async function writeWrapper(dir: string): Promise<string> {
   return path;
 }
 
-async function containerIp(d: PrivateDockerd, id: string, net: string): Promise<string> {
-  const c = d.client();
-  try {
-    const raw = await c.rawJson<{ NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }>({
-      what: `inspect ${id}`,
-      path: `/containers/${id}/json`,
-    });
-    const ip = raw.NetworkSettings.Networks[net]?.IPAddress;
-    if (!ip) throw new Error(`container ${id.slice(0, 12)} has no address on ${net}`);
-    return ip;
-  } finally {
-    c.close();
-  }
-}
-
 async function inspectState(d: PrivateDockerd, id: string) {
   const c = d.client();
   try {
@@ -141,7 +126,7 @@ async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<
       cmd: ["nc", "-ll", "-p", "8080", "-e", "echo", "hi"],
       network: net.name,
     });
-    const serverIp = await containerIp(dockerd, server.id, net.name);
+    const serverIp = await containerIp(server.id, net.name, dockerd.host);
     await consul.putKv(`${KV_PREFIX}srv`, `${serverIp}/32:tcp/8080\n`);
     await consul.putKv(`${KV_PREFIX}other`, "10.99.99.99/32:tcp/9\n");
     const listen = `unix://${dir}/egt.sock`;

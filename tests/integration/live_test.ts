@@ -22,7 +22,6 @@ import {
   waitFor,
 } from "../support/egresstrator.ts";
 import {
-  addresses,
   appliedCount,
   createDualStackNetwork,
   getMetrics,
@@ -36,7 +35,7 @@ import {
   timeUntil,
   withLive,
 } from "../support/live.ts";
-import { BUSYBOX_IMAGE, HELPER_IMAGE } from "../support/docker.ts";
+import { BUSYBOX_IMAGE, containerAddresses, containerIp, HELPER_IMAGE } from "../support/docker.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 /** What "within 2 s" means below: from the write's return to the rules read back from the namespace. */
@@ -272,8 +271,8 @@ Deno.test("live: allowlist client reaches only its ACL's server; Docker's embedd
       env.d.run({ cmd: ["httpd", "-f", "-p", "9090"], network: net.name }),
     ]);
     const [ipA, ipB] = [
-      (await addresses(env.d, srvA.id, net.name)).v4,
-      (await addresses(env.d, srvB.id, net.name)).v4,
+      await containerIp(srvA.id, net.name, env.d.host),
+      await containerIp(srvB.id, net.name, env.d.host),
     ];
     await env.put("srv-a", `${ipA}/32:tcp/8080\n`);
     await env.put("srv-b", `${ipB}/32:tcp/9090\n`);
@@ -322,7 +321,7 @@ Deno.test("live: IPv6 rules hold with traffic, protect and allowlist", async () 
   await withLive({}, async (env) => {
     const net = await createDualStackNetwork(env.d);
     const server = await env.d.run({ cmd: ["httpd", "-f", "-p", "8080"], network: net.name });
-    const { v6 } = await addresses(env.d, server.id, net.name);
+    const { v6 } = await containerAddresses(server.id, net.name, env.d.host);
     assert.ok(v6, `server has no IPv6 address on ${net.name} (${net.subnet6})`);
     await env.put("srv6", `[${v6}]/128:tcp/8080\n`);
     await env.put("other", "[fd00:dead:beef::]/64:tcp/443\n10.50.128.0/24:tcp/443\n");

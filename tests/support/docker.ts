@@ -30,8 +30,12 @@ export function docker(opts: DockerClientOptions = {}): DockerClient {
   return new DockerClient(opts);
 }
 
-async function withDocker<T>(fn: (c: DockerClient) => Promise<T>): Promise<T> {
-  const c = docker();
+/** Run `fn` with a client for `host` (the main dockerd when undefined; 30 s per request), then close it. */
+export async function withDocker<T>(
+  host: string | undefined,
+  fn: (c: DockerClient) => Promise<T>,
+): Promise<T> {
+  const c = docker({ host, timeoutMs: 30_000 });
   try {
     return await fn(c);
   } finally {
@@ -46,7 +50,7 @@ export function testName(what = "c"): string {
 
 /** Throw a clear error unless the image is present locally (there is no registry to pull from). */
 export async function requireImage(name = BUSYBOX_IMAGE): Promise<void> {
-  const present = await withDocker((c) => c.imageExists(name));
+  const present = await withDocker(undefined, (c) => c.imageExists(name));
   if (!present) throw new Error(`test image ${name} is missing: run scripts/test_env.sh`);
 }
 
@@ -68,7 +72,7 @@ export interface RunOptions {
 /** Create and start a labelled container through the Engine API; its id and name. */
 export async function runContainer(opts: RunOptions): Promise<{ id: string; name: string }> {
   const name = opts.name ?? testName();
-  return await withDocker(async (c) => {
+  return await withDocker(undefined, async (c) => {
     const { Id } = await c.rawJson<{ Id: string }>({
       what: `create test container ${name}`,
       method: "POST",
@@ -109,7 +113,7 @@ export async function createNetwork(
   opts: { ipv6?: boolean; subnet?: string; subnet6?: string; runId?: string } = {},
 ): Promise<string> {
   const subnets = [opts.subnet, opts.subnet6].filter((s): s is string => !!s);
-  return await withDocker(async (c) => {
+  return await withDocker(undefined, async (c) => {
     const { Id } = await c.rawJson<{ Id: string }>({
       what: `create test network ${name}`,
       method: "POST",
@@ -126,7 +130,7 @@ export async function createNetwork(
  */
 export async function removeAllTestObjects(runId: string = RUN_ID): Promise<void> {
   const label = runId === "*" ? TEST_LABEL : `${TEST_LABEL}=${runId}`;
-  await withDocker((c) => removeObjects(c, { containers: label, networks: label }));
+  await withDocker(undefined, (c) => removeObjects(c, { containers: label, networks: label }));
 }
 
 /**
@@ -151,6 +155,26 @@ export async function removeObjects(c: DockerClient, sel: { containers: string |
     });
     await res.body?.cancel();
   }
+}
+
+/** A container's IPv4 and global IPv6 (`""` when it has none) address on a network (of `host`'s dockerd). */
+export async function containerAddresses(
+  id: string,
+  network: string,
+  host?: string,
+): Promise<{ v4: string; v6: string }> {
+  const info = await withDocker(host, (c) =>
+    c.rawJson<
+      { NetworkSettings: { Networks: Record<string, { IPAddress: string; GlobalIPv6Address: string }> } }
+    >({ what: `inspect ${id.slice(0, 12)}`, path: `/containers/${id}/json` }));
+  const n = info.NetworkSettings.Networks[network];
+  if (!n?.IPAddress) throw new Error(`container ${id.slice(0, 12)} has no address on ${network}`);
+  return { v4: n.IPAddress, v6: n.GlobalIPv6Address };
+}
+
+/** A container's IPv4 address on a network (of `host`'s dockerd). */
+export async function containerIp(id: string, network: string, host?: string): Promise<string> {
+  return (await containerAddresses(id, network, host)).v4;
 }
 
 /** Run a command in a running container through the exec API; its exit code and output. */

@@ -3,9 +3,8 @@
  * the daemon in the background with its JSON log lines collected, and checks from the host on what ended
  * up in a container's network namespace.
  */
-import { DockerClient } from "../../src/docker/client.ts";
 import { cliEnv, REPO_ROOT } from "./run_cli.ts";
-import { createNetwork, testName } from "./docker.ts";
+import { createNetwork, testName, withDocker } from "./docker.ts";
 
 export { type CliResult, REPO_ROOT, runCli, type RunCliOptions } from "./run_cli.ts";
 
@@ -195,18 +194,9 @@ export async function waitFor<T>(
   }
 }
 
-async function withClient<T>(host: string | undefined, fn: (c: DockerClient) => Promise<T>): Promise<T> {
-  const c = new DockerClient({ host, timeoutMs: 30_000 });
-  try {
-    return await fn(c);
-  } finally {
-    c.close();
-  }
-}
-
 /** The host PID of a running container's init process. */
 export async function containerPid(id: string, host?: string): Promise<number> {
-  const info = await withClient(host, (c) => c.inspectContainer(id));
+  const info = await withDocker(host, (c) => c.inspectContainer(id));
   if (!info.running || !info.pid) throw new Error(`container ${id.slice(0, 12)} is not running`);
   return info.pid;
 }
@@ -255,7 +245,7 @@ export async function execAt(
   cmd: string[],
   opts: { host?: string; timeoutMs?: number } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  return await withClient(opts.host, async (c) => {
+  return await withDocker(opts.host, async (c) => {
     const execId = await c.execCreate(id, { cmd });
     const out = await c.execStart(execId);
     for (let i = 0; i < 100; i++) {
@@ -348,21 +338,6 @@ export function startRelay(port: number, target: string): Relay {
   };
 }
 
-/** A container's address on a network (main dockerd unless `host`). */
-export async function containerIp(id: string, network: string, host?: string): Promise<string> {
-  const info = await withClient(
-    host,
-    (c) =>
-      c.rawJson<{ NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }>({
-        what: `inspect ${id.slice(0, 12)}`,
-        path: `/containers/${id}/json`,
-      }),
-  );
-  const ip = info.NetworkSettings.Networks[network]?.IPAddress;
-  if (!ip) throw new Error(`container ${id.slice(0, 12)} has no address on ${network}`);
-  return ip;
-}
-
 /**
  * A labelled bridge network on the main dockerd with an explicit, unused `10.232.<n>.0/24` subnet
  * (host routes checked first; Docker's overlap error retried with another).
@@ -392,6 +367,6 @@ export async function createSubnetNetwork(name = testName("net")): Promise<{ nam
 /** Helper containers (label `egresstrator.helper`) left behind for a target container, on `host`. */
 export async function helpersLeft(targetId?: string, host?: string): Promise<string[]> {
   const label = targetId ? `egresstrator.helper=${targetId}` : "egresstrator.helper";
-  const list = await withClient(host, (c) => c.listContainers({ all: true, filters: { label: [label] } }));
+  const list = await withDocker(host, (c) => c.listContainers({ all: true, filters: { label: [label] } }));
   return list.map((c) => `${c.id.slice(0, 12)} ${c.names.join(",")}`);
 }

@@ -323,25 +323,6 @@ export async function createDualStackNetwork(d: PrivateDockerd): Promise<DualSta
   }
 }
 
-/** A container's IPv4 and global IPv6 address on a network of `d`. */
-export async function addresses(
-  d: PrivateDockerd,
-  id: string,
-  network: string,
-): Promise<{ v4: string; v6: string }> {
-  const c = d.client();
-  try {
-    const info = await c.rawJson<
-      { NetworkSettings: { Networks: Record<string, { IPAddress: string; GlobalIPv6Address: string }> } }
-    >({ what: `inspect ${id.slice(0, 12)}`, path: `/containers/${id}/json` });
-    const n = info.NetworkSettings.Networks[network];
-    if (!n?.IPAddress) throw new Error(`container ${id.slice(0, 12)} has no address on ${network}`);
-    return { v4: n.IPAddress, v6: n.GlobalIPv6Address };
-  } finally {
-    c.close();
-  }
-}
-
 /** Median, p90, min, max and mean of samples (ms), rounded to 0.1. */
 export interface Stats {
   n: number;
