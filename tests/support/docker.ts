@@ -67,13 +67,17 @@ export interface RunOptions {
   /** Extra HostConfig fields (Docker's spelling). */
   hostConfig?: Record<string, unknown>;
   runId?: string;
+  /** The dockerd to create it on (`unix:///…/docker.sock`); the main one when unset. */
+  host?: string;
+  /** Seconds `docker stop` (and a dockerd stopping) waits before SIGKILL; Docker's default (10) when unset. */
+  stopTimeout?: number;
 }
 
-/** Create and start a labelled container through the Engine API; its id and name. */
-export async function runContainer(opts: RunOptions): Promise<{ id: string; name: string }> {
+/** Create a labelled container through the Engine API without starting it; its id and name. */
+export async function createTestContainer(opts: RunOptions): Promise<{ id: string; name: string }> {
   const name = opts.name ?? testName();
-  return await withDocker(undefined, async (c) => {
-    const { Id } = await c.rawJson<{ Id: string }>({
+  const { Id } = await withDocker(opts.host, (c) =>
+    c.rawJson<{ Id: string }>({
       what: `create test container ${name}`,
       method: "POST",
       path: "/containers/create",
@@ -83,12 +87,18 @@ export async function runContainer(opts: RunOptions): Promise<{ id: string; name
         Cmd: opts.cmd,
         Env: opts.env ?? [],
         Labels: { ...opts.labels, [TEST_LABEL]: opts.runId ?? RUN_ID },
+        ...(opts.stopTimeout === undefined ? {} : { StopTimeout: opts.stopTimeout }),
         HostConfig: { NetworkMode: opts.network ?? "none", CapAdd: opts.capAdd ?? [], ...opts.hostConfig },
       },
-    });
-    await c.startContainer(Id);
-    return { id: Id, name };
-  });
+    }));
+  return { id: Id, name };
+}
+
+/** Create and start a labelled container through the Engine API; its id and name. */
+export async function runContainer(opts: RunOptions): Promise<{ id: string; name: string }> {
+  const created = await createTestContainer(opts);
+  await withDocker(opts.host, (c) => c.startContainer(created.id));
+  return created;
 }
 
 /** Create a labelled bridge network; its id. With `ipv6`, give `subnet6` too (Docker wants one). */

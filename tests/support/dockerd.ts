@@ -18,7 +18,15 @@
  * only lets the network's own containers talk to each other. stop() deletes it.
  */
 import { DockerClient } from "../../src/docker/client.ts";
-import { BUSYBOX_IMAGE, networkBody, removeObjects, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
+import {
+  BUSYBOX_IMAGE,
+  networkBody,
+  removeObjects,
+  runContainer,
+  type RunOptions,
+  TEST_LABEL,
+  testName,
+} from "./docker.ts";
 
 /** Options of {@link startPrivateDockerd}. */
 export interface PrivateDockerdOptions {
@@ -39,18 +47,6 @@ export interface PrivateNetwork {
   bridge: string;
 }
 
-/** Options of {@link PrivateDockerd.run}. */
-export interface PrivateRunOptions {
-  cmd: string[];
-  image?: string;
-  env?: string[];
-  name?: string;
-  /** A network name or `none` (the default: there is no default bridge on this dockerd). */
-  network?: string;
-  labels?: Record<string, string>;
-  hostConfig?: Record<string, unknown>;
-}
-
 /** A running private dockerd. */
 export interface PrivateDockerd {
   /** `unix:///tmp/egt-dockerd-XXXX/docker.sock`, as `-H` takes it. */
@@ -68,8 +64,11 @@ export interface PrivateDockerd {
   loadImage(name: string): Promise<void>;
   /** A labelled bridge network with a free 10.231.<n>.0/24 subnet and the host rule described above. */
   createNetwork(name?: string): Promise<PrivateNetwork>;
-  /** Create and start a labelled container. */
-  run(opts: PrivateRunOptions): Promise<{ id: string; name: string }>;
+  /**
+   * {@link runContainer} on this dockerd, with a stop timeout of 1 s: PID 1 (sleep, httpd) ignores SIGTERM,
+   * and a dockerd restart would wait 10 s per container.
+   */
+  run(opts: Omit<RunOptions, "host">): Promise<{ id: string; name: string }>;
 }
 
 const START_TIMEOUT_MS = 30_000;
@@ -389,31 +388,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
     }
   };
 
-  const run = async (o: PrivateRunOptions) => {
-    const name = o.name ?? testName();
-    const c = client();
-    try {
-      const { Id } = await c.rawJson<{ Id: string }>({
-        what: `create container ${name}`,
-        method: "POST",
-        path: "/containers/create",
-        query: { name },
-        body: {
-          Image: o.image ?? BUSYBOX_IMAGE,
-          Cmd: o.cmd,
-          Env: o.env ?? [],
-          Labels: { ...o.labels, [TEST_LABEL]: RUN_ID },
-          // PID 1 (sleep, httpd) ignores SIGTERM: a dockerd restart would wait 10 s per container.
-          StopTimeout: 1,
-          HostConfig: { NetworkMode: o.network ?? "none", ...o.hostConfig },
-        },
-      });
-      await c.startContainer(Id);
-      return { id: Id, name };
-    } finally {
-      c.close();
-    }
-  };
+  const run = (o: Omit<RunOptions, "host">) => runContainer({ stopTimeout: 1, ...o, host });
 
   try {
     await createDefaultBridge(defaultBridge);
