@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import {
   BUSYBOX_IMAGE,
   containerIp,
+  execIn,
   HELPER_IMAGE,
   removeAllTestObjects,
   requireImage,
@@ -21,7 +22,6 @@ import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import {
   canConnect,
   createSubnetNetwork,
-  execAt,
   helpersLeft,
   iptablesIn,
   rejectLine,
@@ -154,11 +154,11 @@ for (const mode of ["nsenter", "helper"] as const) {
         "Docker's embedded DNS still resolves the server's name while its port is blocked",
         async () => {
           assertOk(await fx.cli("cidr", ["set", a.name]), "set A");
-          const ns = await execAt(a.id, ["nslookup", fx.serverName, "127.0.0.11"]);
+          const ns = await execIn(a.id, ["nslookup", fx.serverName, "127.0.0.11"]);
           assert.equal(ns.code, 0, `nslookup failed: ${ns.stdout} ${ns.stderr}`);
           assert.match(ns.stdout, new RegExp(`Address:\\s+${serverIp.replaceAll(".", "\\.")}\\b`));
           // The resolver from resolv.conf (127.0.0.11) without naming it.
-          const plain = await execAt(a.id, ["nslookup", fx.serverName]);
+          const plain = await execIn(a.id, ["nslookup", fx.serverName]);
           assert.ok(
             plain.stdout.includes(serverIp),
             `nslookup via resolv.conf: ${plain.stdout} ${plain.stderr}`,

@@ -13,7 +13,6 @@ import {
   canConnect,
   containerPid,
   type DaemonProc,
-  execAt,
   iptablesIn,
   type LogEntry,
   rejectLine,
@@ -35,7 +34,7 @@ import {
   timeUntil,
   withLive,
 } from "../support/live.ts";
-import { BUSYBOX_IMAGE, containerAddresses, containerIp, HELPER_IMAGE } from "../support/docker.ts";
+import { BUSYBOX_IMAGE, containerAddresses, containerIp, execIn, HELPER_IMAGE } from "../support/docker.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 /** What "within 2 s" means below: from the write's return to the rules read back from the namespace. */
@@ -309,7 +308,7 @@ Deno.test("live: allowlist client reaches only its ACL's server; Docker's embedd
     assert.equal(b.ok, false, `server B (not in the client's ACLs) reachable: ${b.detail}`);
     // Docker's embedded DNS (127.0.0.11, through the container's own NAT) answers for both names.
     for (const [srv, ip] of [[srvA, ipA], [srvB, ipB]] as const) {
-      const r = await execAt(client.id, ["nslookup", srv.name], { host: env.d.host, timeoutMs: 20_000 });
+      const r = await execIn(client.id, ["nslookup", srv.name], { host: env.d.host, timeoutMs: 20_000 });
       assert.equal(r.code, 0, `nslookup ${srv.name}: ${r.stdout} ${r.stderr}`);
       assert.ok(r.stdout.includes(ip), `nslookup ${srv.name} did not give ${ip}: ${r.stdout}`);
     }

@@ -187,18 +187,21 @@ export async function containerIp(id: string, network: string, host?: string): P
   return (await containerAddresses(id, network, host)).v4;
 }
 
-/** Run a command in a running container through the exec API; its exit code and output. */
+/**
+ * Run a command in a running container through the exec API (on `host`'s dockerd, the main one by default;
+ * `timeoutMs` per request, 30 s by default); its exit code and output.
+ */
 export async function execIn(
   id: string,
   cmd: string[],
-  opts: { timeoutMs?: number } = {},
+  opts: { host?: string; timeoutMs?: number } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const c = docker({ timeoutMs: opts.timeoutMs ?? 30_000 });
+  const c = docker({ host: opts.host, timeoutMs: opts.timeoutMs ?? 30_000 });
   try {
     const execId = await c.execCreate(id, { cmd });
     const out = await c.execStart(execId);
     // The attached start returns when the process's output ends; its exit code may lag a moment.
-    for (let i = 0; i < 50; i++) {
+    for (let i = 0; i < 100; i++) {
       const state = await c.execInspect(execId);
       if (!state.running && state.exitCode !== null) return { code: state.exitCode, ...out };
       await new Promise((r) => setTimeout(r, 20));

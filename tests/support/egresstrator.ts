@@ -4,7 +4,7 @@
  * up in a container's network namespace.
  */
 import { cliEnv, REPO_ROOT } from "./run_cli.ts";
-import { createNetwork, testName, withDocker } from "./docker.ts";
+import { createNetwork, execIn, testName, withDocker } from "./docker.ts";
 
 export { type CliResult, REPO_ROOT, runCli, type RunCliOptions } from "./run_cli.ts";
 
@@ -239,24 +239,6 @@ export function rejectLine(cidr: string, port: number | string, proto: "tcp" | "
 /** The last rule of the deny-all (allowlist) set: everything else rejected. */
 export const REJECT_ALL_LINE = "-A OUTPUT -j REJECT --reject-with icmp-port-unreachable";
 
-/** Run a command in a container through the exec API (on `host`, the main dockerd by default). */
-export async function execAt(
-  id: string,
-  cmd: string[],
-  opts: { host?: string; timeoutMs?: number } = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return await withDocker(opts.host, async (c) => {
-    const execId = await c.execCreate(id, { cmd });
-    const out = await c.execStart(execId);
-    for (let i = 0; i < 100; i++) {
-      const state = await c.execInspect(execId);
-      if (!state.running && state.exitCode !== null) return { code: state.exitCode, ...out };
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error(`exec ${cmd.join(" ")} in ${id.slice(0, 12)}: no exit code after its output ended`);
-  });
-}
-
 /**
  * Whether `id` can open a TCP connection to ip:port and get an HTTP answer (busybox `nc -w 2` sending a
  * request to the test's httpd). A REJECT (tcp-reset) fails at once; nothing waits longer than 2 s.
@@ -268,7 +250,7 @@ export async function canConnect(
   host?: string,
 ): Promise<{ ok: boolean; detail: string }> {
   const script = `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 "$0" "$1"`;
-  const r = await execAt(id, ["sh", "-c", script, ip, String(port)], { host });
+  const r = await execIn(id, ["sh", "-c", script, ip, String(port)], { host });
   const ok = r.code === 0 && /^HTTP\/1\.[01] \d{3}/.test(r.stdout);
   return {
     ok,
