@@ -1,9 +1,11 @@
 /**
  * Helpers for integration tests against the real dockerd: labelled containers and networks that
- * clean up after themselves, exec, and a clear failure when the test images are missing.
+ * clean up after themselves, exec (over the Engine API: egresstrator itself never execs), and a clear
+ * failure when the test images are missing.
  * Every object made here carries the label `egresstrator-test=<runId>`.
  */
 import { DockerClient, type DockerClientOptions } from "../../src/docker/client.ts";
+import { demuxLogs } from "../../src/docker/events.ts";
 
 /** Label key on every container and network the tests create. */
 export const TEST_LABEL = "egresstrator-test";
@@ -198,12 +200,27 @@ export async function execIn(
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const c = docker({ host: opts.host, timeoutMs: opts.timeoutMs ?? 30_000 });
   try {
-    const execId = await c.execCreate(id, { cmd });
-    const out = await c.execStart(execId);
+    const { Id: execId } = await c.rawJson<{ Id: string }>({
+      what: `exec in container ${id.slice(0, 12)}`,
+      method: "POST",
+      path: `/containers/${id}/exec`,
+      body: { Cmd: cmd, AttachStdout: true, AttachStderr: true },
+    });
+    // Attached: the answer is the process's stdout and stderr, multiplexed as in `docker logs`.
+    const res = await c.raw({
+      what: `start exec ${execId.slice(0, 12)}`,
+      method: "POST",
+      path: `/exec/${execId}/start`,
+      body: { Detach: false, Tty: false },
+    });
+    const out = demuxLogs(new Uint8Array(await res.arrayBuffer()));
     // The attached start returns when the process's output ends; its exit code may lag a moment.
     for (let i = 0; i < 100; i++) {
-      const state = await c.execInspect(execId);
-      if (!state.running && state.exitCode !== null) return { code: state.exitCode, ...out };
+      const state = await c.rawJson<{ Running?: boolean; ExitCode?: number | null }>({
+        what: `inspect exec ${execId.slice(0, 12)}`,
+        path: `/exec/${execId}/json`,
+      });
+      if (!state.Running && typeof state.ExitCode === "number") return { code: state.ExitCode, ...out };
       await new Promise((r) => setTimeout(r, 20));
     }
     throw new Error(`exec ${cmd.join(" ")} in ${id.slice(0, 12)}: no exit code after its output ended`);
