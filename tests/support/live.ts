@@ -24,6 +24,8 @@ export interface LiveEnv {
   consul: ConsulAgent;
   /** KV prefix with the trailing slash. */
   prefix: string;
+  /** `-c <consul> -k <prefix> -H <private dockerd>`: global options for one-shot commands. */
+  globals: string[];
   /** `unix://<tmp>/egt.sock`: the daemon's --listen. */
   listen: string;
   /** Start the daemon on the private dockerd with this prefix and --listen (killed at cleanup). */
@@ -48,22 +50,38 @@ export interface LiveOptions {
   images?: string[];
 }
 
-/** Private dockerd + Consul + cleanup around `body`. */
+/**
+ * Private dockerd + Consul + cleanup around `body`. A cleanup failure (the private dockerd's objects, host
+ * rule or mounts left behind) fails the test too, after the body's own error if it has one.
+ */
 export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Promise<T>): Promise<T> {
   let d: PrivateDockerd | undefined;
   let consul: ConsulAgent | undefined;
   const daemons: DaemonProc[] = [];
   const tmp = await Deno.makeTempDir({ prefix: "egt-live-" });
+  const cleanup = async () => {
+    await Promise.all(daemons.map((p) => p.kill()));
+    const stopped = await d?.stop().then(() => undefined, (err: Error) => err);
+    await consul?.stop();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    if (stopped) throw stopped;
+  };
+  let result: T;
   try {
-    [d, consul] = await Promise.all([privateDockerd(opts.images), startConsul()]);
-    const dd = d;
-    const cc = consul;
+    const [dr, cr] = await Promise.allSettled([privateDockerd(opts.images), startConsul()]);
+    if (dr.status === "fulfilled") d = dr.value;
+    if (cr.status === "fulfilled") consul = cr.value;
+    if (dr.status === "rejected") throw dr.reason;
+    if (cr.status === "rejected") throw cr.reason;
+    const dd = d!;
+    const cc = consul!;
     const prefix = `egress/${RUN_ID}/${crypto.randomUUID().slice(0, 8)}/`;
     const listen = `unix://${tmp}/egt.sock`;
-    return await body({
+    result = await body({
       d: dd,
       consul: cc,
       prefix,
+      globals: ["-c", cc.address, "-k", prefix, "-H", dd.host],
       listen,
       put: (key, value) => cc.putKv(prefix + key, value),
       daemon: async (args = [], o = {}) => {
@@ -73,20 +91,19 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
         daemons.push(p);
         return p;
       },
-      runMany: async (specs, parallel = 8) => {
-        const out: Started[] = new Array(specs.length);
-        await pool(specs.map((s, i) => ({ s, i })), parallel, async ({ s, i }) => {
-          out[i] = await dd.run({ cmd: s.cmd ?? ["sleep", "3600"], env: s.env, network: s.network });
-        });
-        return out;
-      },
+      runMany: (specs, parallel = 8) =>
+        pool(
+          specs,
+          parallel,
+          (s) => dd.run({ cmd: s.cmd ?? ["sleep", "3600"], env: s.env, network: s.network }),
+        ),
     });
-  } finally {
-    await Promise.all(daemons.map((p) => p.kill()));
-    await d?.stop().catch((err) => console.warn(`private dockerd cleanup: ${(err as Error).message}`));
-    await consul?.stop();
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  } catch (err) {
+    await cleanup().catch((e) => console.warn(`cleanup after a failure: ${(e as Error).message}`));
+    throw err;
   }
+  await cleanup();
+  return result;
 }
 
 /**
@@ -103,12 +120,17 @@ async function privateDockerd(images?: string[]): Promise<PrivateDockerd> {
   }
 }
 
-/** Run `fn` over items, at most `n` at a time. */
-export async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const queue = [...items];
-  await Promise.all(Array.from({ length: Math.min(n, queue.length) }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
+/** Run `fn` over items, at most `n` at a time; the results in the items' order. */
+export async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+    }
   }));
+  return results;
 }
 
 /** GET /status as JSON. */
