@@ -6,6 +6,7 @@
  */
 import { DockerClient, type DockerClientOptions } from "../../src/docker/client.ts";
 import { demuxLogs } from "../../src/docker/events.ts";
+import type { CliResult } from "./run_cli.ts";
 
 /** Label key on every container and network the tests create. */
 export const TEST_LABEL = "egresstrator-test";
@@ -43,6 +44,25 @@ export async function withDocker<T>(
   } finally {
     c.close();
   }
+}
+
+/**
+ * The docker CLI, as users run it: `docker [-H host] ...args`, killed after `timeoutMs` (60 s by default).
+ * A non-zero exit is returned, not thrown.
+ */
+export async function dockerCli(
+  args: string[],
+  opts: { host?: string; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  const out = await new Deno.Command("docker", {
+    args: [...(opts.host ? ["-H", opts.host] : []), ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(opts.timeoutMs ?? 60_000),
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
 /** A fresh name for a test object: `egresstrator-test-<runId>-<what>-<random>`. */
