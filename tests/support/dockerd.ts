@@ -20,12 +20,15 @@
 import { DockerClient } from "../../src/docker/client.ts";
 import {
   BUSYBOX_IMAGE,
-  networkBody,
+  createFreeNetwork,
+  freeOctet,
   removeObjects,
   runContainer,
   type RunOptions,
   TEST_LABEL,
   testName,
+  usedOctets,
+  withDocker,
 } from "./docker.ts";
 
 /** Options of {@link startPrivateDockerd}. */
@@ -167,26 +170,12 @@ function processesOf(dir: string): number[] {
   return [...out];
 }
 
-/** Third octets `n` of the `10.<second>.n.0/24` subnets already routed or addressed on this host. */
-async function usedThirdOctets(second: number): Promise<Set<number>> {
-  const out = await mustSh("ip route/addr", "ip -4 route show; ip -4 -o addr show");
-  const used = new Set<number>();
-  for (const m of out.matchAll(new RegExp(`\\b10\\.${second}\\.(\\d{1,3})\\.`, "g"))) used.add(Number(m[1]));
-  return used;
-}
-
-/** A random third octet in 2..251 not in `used`. */
-function freeOctet(used: Set<number>): number {
-  const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !used.has(n));
-  return free[Math.floor(Math.random() * free.length)];
-}
-
 /**
  * Create `name` as an up Linux bridge with `10.233.<free n>.1/24`: the private dockerd's default bridge.
  * When `ip link add` itself fails the name is someone else's: nothing is deleted then.
  */
 async function createDefaultBridge(name: string): Promise<void> {
-  const address = `10.233.${freeOctet(await usedThirdOctets(233))}.1/24`;
+  const address = `10.233.${freeOctet(await usedOctets(233))}.1/24`;
   await mustSh(`create bridge ${name}`, 'ip link add "$1" type bridge', [name]);
   const r = await sh('ip addr add "$2" dev "$1" && ip link set "$1" up', [name, address]);
   if (r.code !== 0) {
@@ -361,31 +350,11 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
   };
 
   const createNetwork = async (name = testName("pnet")): Promise<PrivateNetwork> => {
-    const c = client();
-    try {
-      for (let attempt = 0; attempt < 8; attempt++) {
-        const subnet = `10.231.${freeOctet(await usedThirdOctets(231))}.0/24`;
-        const bridge = `egt${crypto.randomUUID().slice(0, 8)}`;
-        const res = await c.raw({
-          what: `create network ${name}`,
-          method: "POST",
-          path: "/networks/create",
-          body: networkBody(name, { subnets: [subnet], bridge }),
-          allow: [400, 403, 409],
-        });
-        const body = await res.json() as { Id?: string; message?: string };
-        if (!res.ok) {
-          if (/overlap/i.test(body.message ?? "")) continue;
-          throw new Error(`create network ${name}: ${body.message}`);
-        }
-        bridges.add(bridge);
-        await iptables("-I", bridge);
-        return { id: body.Id!, name, subnet, bridge };
-      }
-      throw new Error(`create network ${name}: no free 10.231.x.0/24 subnet after 8 tries`);
-    } finally {
-      c.close();
-    }
+    const bridge = `egt${crypto.randomUUID().slice(0, 8)}`;
+    const net = await withDocker(host, (c) => createFreeNetwork(c, { name, second: 231, bridge }));
+    bridges.add(bridge);
+    await iptables("-I", bridge);
+    return { id: net.id, name, subnet: net.subnet4, bridge };
   };
 
   const run = (o: Omit<RunOptions, "host">) => runContainer({ stopTimeout: 1, ...o, host });

@@ -4,7 +4,7 @@
  * up in a container's network namespace.
  */
 import { cliEnv, REPO_ROOT } from "./run_cli.ts";
-import { createNetwork, execIn, testName, withDocker } from "./docker.ts";
+import { createFreeNetwork, execIn, testName, withDocker } from "./docker.ts";
 
 export { type CliResult, REPO_ROOT, runCli, type RunCliOptions } from "./run_cli.ts";
 
@@ -320,30 +320,10 @@ export function startRelay(port: number, target: string): Relay {
   };
 }
 
-/**
- * A labelled bridge network on the main dockerd with an explicit, unused `10.232.<n>.0/24` subnet
- * (host routes checked first; Docker's overlap error retried with another).
- */
+/** A labelled bridge network on the main dockerd with an unused `10.232.<n>.0/24` ({@link createFreeNetwork}). */
 export async function createSubnetNetwork(name = testName("net")): Promise<{ name: string; subnet: string }> {
-  let last: unknown;
-  for (let attempt = 0; attempt < 8; attempt++) {
-    const routes = await new Deno.Command("ip", { args: ["-4", "route", "show"], stdout: "piped" }).output();
-    const used = new Set(
-      [...new TextDecoder().decode(routes.stdout).matchAll(/\b10\.232\.(\d{1,3})\./g)].map((m) =>
-        Number(m[1])
-      ),
-    );
-    const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !used.has(n));
-    const subnet = `10.232.${free[Math.floor(Math.random() * free.length)]}.0/24`;
-    try {
-      await createNetwork(name, { subnet });
-      return { name, subnet };
-    } catch (err) {
-      last = err;
-      if (!/overlap|already/i.test((err as Error).message)) throw err;
-    }
-  }
-  throw new Error(`no free 10.232.x.0/24 subnet for ${name}: ${(last as Error)?.message}`);
+  const net = await withDocker(undefined, (c) => createFreeNetwork(c, { name, second: 232 }));
+  return { name, subnet: net.subnet4 };
 }
 
 /** Helper containers (label `egresstrator.helper`) left behind for a target container, on `host`. */

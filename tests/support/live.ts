@@ -10,7 +10,7 @@
 import { fetchStatus, type StatusReport } from "../../src/daemon/status_server.ts";
 import { type ConsulAgent, startConsul } from "./consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
-import { networkBody, RUN_ID, testName } from "./docker.ts";
+import { createFreeNetwork, type FreeNetwork, RUN_ID, testName, withDocker } from "./docker.ts";
 import { type DaemonProc, type LogEntry, startDaemon } from "./egresstrator.ts";
 
 /** Env that opts a container in with an ACL list and a policy. */
@@ -288,61 +288,18 @@ export function startCountingProxy(upstream: string): CountingProxy {
   };
 }
 
-/** A dual-stack bridge network on a private dockerd. */
-export interface DualStackNetwork {
-  name: string;
-  subnet4: string;
-  subnet6: string;
-}
-
-async function routes(family: "-4" | "-6"): Promise<string> {
-  const out = await new Deno.Command("ip", { args: [family, "route", "show"], stdout: "piped" }).output();
-  return new TextDecoder().decode(out.stdout);
-}
-
 /**
- * A labelled IPv6-enabled bridge network on `d` with explicit subnets: `10.231.<n>.0/24` and
- * `fd00:e6e5:<n>::/64`, both checked against the host's routes first. It needs no daemon option (EnableIPv6
- * on a user-defined network). No host firewall rule is added: the host's ip6tables FORWARD policy lets
+ * A labelled IPv6-enabled bridge network on `d` with `10.231.<n>.0/24` and `fd00:e6e5:<n>::/64`
+ * ({@link createFreeNetwork}). No host firewall rule is added: the host's ip6tables FORWARD policy lets
  * bridged IPv6 through, while bridged IPv4 on this network stays dropped by the main dockerd's FORWARD
  * policy, so only IPv6 traffic can be tested on it.
  */
-export async function createDualStackNetwork(d: PrivateDockerd): Promise<DualStackNetwork> {
-  const name = testName("net6");
-  const c = d.client();
-  try {
-    for (let attempt = 0; attempt < 8; attempt++) {
-      const used = (await routes("-4")) + (await routes("-6"));
-      const taken = new Set(
-        [...used.matchAll(/\b10\.231\.(\d{1,3})\.|fd00:e6e5:([0-9a-f]{1,4})::/g)].map((m) =>
-          m[1] ? Number(m[1]) : parseInt(m[2], 16)
-        ),
-      );
-      const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !taken.has(n));
-      const n = free[Math.floor(Math.random() * free.length)];
-      const subnet4 = `10.231.${n}.0/24`;
-      const subnet6 = `fd00:e6e5:${n.toString(16)}::/64`;
-      const res = await c.raw({
-        what: `create network ${name}`,
-        method: "POST",
-        path: "/networks/create",
-        body: networkBody(name, {
-          subnets: [subnet4, subnet6],
-          ipv6: true,
-          bridge: `egt6${crypto.randomUUID().slice(0, 8)}`,
-        }),
-        allow: [400, 403, 409],
-      });
-      const body = await res.json() as { Id?: string; message?: string };
-      if (res.ok) return { name, subnet4, subnet6 };
-      if (!/overlap|already/i.test(body.message ?? "")) {
-        throw new Error(`create network ${name}: ${body.message}`);
-      }
-    }
-    throw new Error(`create network ${name}: no free subnet after 8 tries`);
-  } finally {
-    c.close();
-  }
+export async function createDualStackNetwork(d: PrivateDockerd): Promise<FreeNetwork> {
+  const bridge = `egt6${crypto.randomUUID().slice(0, 8)}`;
+  return await withDocker(
+    d.host,
+    (c) => createFreeNetwork(c, { name: testName("net6"), second: 231, ipv6: true, bridge }),
+  );
 }
 
 /** Median, p90, min, max and mean of samples (ms), rounded to 0.1. */
