@@ -20,16 +20,14 @@
 import { DockerClient } from "../../src/docker/client.ts";
 import {
   BUSYBOX_IMAGE,
-  createFreeNetwork,
-  freeOctet,
   removeObjects,
   runContainer,
   type RunOptions,
   TEST_LABEL,
   testName,
-  usedOctets,
   withDocker,
 } from "./docker.ts";
+import { createFreeNetwork, freeOctet, usedOctets } from "./networks.ts";
 
 /** Options of {@link startPrivateDockerd}. */
 export interface PrivateDockerdOptions {

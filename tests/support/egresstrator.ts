@@ -4,7 +4,8 @@
  * up in a container's network namespace.
  */
 import { cliEnv, REPO_ROOT } from "./run_cli.ts";
-import { createFreeNetwork, execIn, testName, withDocker } from "./docker.ts";
+import { execIn, testName, withDocker } from "./docker.ts";
+import { createFreeNetwork } from "./networks.ts";
 
 export { type CliResult, REPO_ROOT, runCli, type RunCliOptions } from "./run_cli.ts";
 

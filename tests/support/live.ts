@@ -10,7 +10,8 @@
 import { fetchStatus, type StatusReport } from "../../src/daemon/status_server.ts";
 import { type ConsulAgent, startConsul } from "./consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
-import { createFreeNetwork, type FreeNetwork, RUN_ID, testName, withDocker } from "./docker.ts";
+import { RUN_ID, testName, withDocker } from "./docker.ts";
+import { createFreeNetwork, type FreeNetwork } from "./networks.ts";
 import { type DaemonProc, type LogEntry, startDaemon } from "./egresstrator.ts";
 
 /** Env that opts a container in with an ACL list and a policy. */
