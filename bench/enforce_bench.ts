@@ -16,12 +16,10 @@
  * Writes bench/results/enforce.json.
  */
 import { applyPayload } from "../src/apply/applier.ts";
-import type { DockerClient } from "../src/docker/client.ts";
-import { BUSYBOX_IMAGE, RUN_ID, TEST_LABEL, testName } from "../tests/support/docker.ts";
+import { BUSYBOX_IMAGE, createTestContainer, HELPER_IMAGE, testName } from "../tests/support/docker.ts";
 import { containerPid, type DaemonProc, runCli, waitFor } from "../tests/support/egresstrator.ts";
 import {
   getMetrics,
-  HELPER_IMAGE,
   type LiveEnv,
   machine,
   metricValue,
@@ -41,22 +39,9 @@ const KEY_CIDR = "10.50.100.0/24";
 const dec = new TextDecoder();
 const wallNow = () => performance.timeOrigin + performance.now();
 
-async function create(c: DockerClient, env: string[]): Promise<string> {
-  const { Id } = await c.rawJson<{ Id: string }>({
-    what: "create bench container",
-    method: "POST",
-    path: "/containers/create",
-    query: { name: testName("enf") },
-    body: {
-      Image: BUSYBOX_IMAGE,
-      Cmd: ["sleep", "3600"],
-      Env: env,
-      Labels: { [TEST_LABEL]: RUN_ID },
-      StopTimeout: 1,
-      HostConfig: { NetworkMode: "none" },
-    },
-  });
-  return Id;
+async function create(host: string, env: string[]): Promise<string> {
+  const opts = { host, name: testName("enf"), cmd: ["sleep", "3600"], env, stopTimeout: 1 };
+  return (await createTestContainer(opts)).id;
 }
 
 /** Poll from the host, inside the container's netns, until the REJECT line shows; the wall time in ms. */
@@ -96,7 +81,7 @@ async function run(env: LiveEnv, mode: string, batch: number, pollS: number) {
   const c = env.d.client();
   const ids: string[] = [];
   try {
-    for (let i = 0; i < batch; i++) ids.push(await create(c, optIn([], "protect")));
+    for (let i = 0; i < batch; i++) ids.push(await create(env.d.host, optIn([], "protect")));
     const h0 = await histogram(env.listen, mode);
     const external = await Promise.all(ids.map(async (id) => {
       await c.startContainer(id);

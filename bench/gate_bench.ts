@@ -16,6 +16,7 @@ import { startPrivateDockerd } from "../tests/support/dockerd.ts";
 import { startConsul } from "../tests/support/consul.ts";
 import { startDaemon } from "../tests/support/egresstrator.ts";
 import { REPO_ROOT } from "../tests/support/run_cli.ts";
+import { denoDir, writeGateWrapper } from "../tests/support/gate.ts";
 import { BUSYBOX_IMAGE } from "../tests/support/docker.ts";
 
 const N = Number(Deno.env.get("GATE_BENCH_N") ?? "30");
@@ -57,29 +58,6 @@ async function timed(cmd: string, args: string[], env?: Record<string, string>):
   return ms;
 }
 
-async function denoDir(): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" }).output();
-  return (JSON.parse(dec.decode(out.stdout)) as { denoDir: string }).denoDir;
-}
-
-/** The wrapper dockerd runs as the runtime; `trace` also appends each call's arguments to a file. */
-async function writeWrapper(dir: string, name: string, trace?: string): Promise<string> {
-  const path = `${dir}/${name}.sh`;
-  await Deno.writeTextFile(
-    path,
-    [
-      "#!/bin/sh",
-      ...(trace ? [`echo "$*" >> '${trace}'`] : []),
-      `exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \\`,
-      `  DENO_DIR='${await denoDir()}' EGRESSTRATOR_ENV_FILE='${dir}/gate.env' \\`,
-      `  '${Deno.execPath()}' run -A --quiet '${REPO_ROOT}/main.ts' runtime "$@"`,
-      "",
-    ].join("\n"),
-    { mode: 0o755 },
-  );
-  return path;
-}
-
 async function runcVersion(): Promise<string> {
   const out = await new Deno.Command("runc", { args: ["--version"], stdout: "piped" }).output();
   return dec.decode(out.stdout).split("\n")[0];
@@ -89,8 +67,8 @@ async function main() {
   const dir = await Deno.makeTempDir({ prefix: "egt-gate-bench-" });
   const trace = `${dir}/calls.txt`;
   const runtimes = {
-    egresstrator: await writeWrapper(dir, "runtime"),
-    "egresstrator-trace": await writeWrapper(dir, "runtime-trace", trace),
+    egresstrator: await writeGateWrapper(dir),
+    "egresstrator-trace": await writeGateWrapper(dir, { name: "runtime-trace", trace }),
   };
   const dockerd = await startPrivateDockerd({ runtimes });
   const consul = await startConsul().catch(async (err) => {

@@ -4,7 +4,8 @@
 #   bash scripts/test.sh [extra `deno test` args, e.g. --filter "rules"]
 #
 # Sets up the test environment (root needed: packages, dockerd, test images, consul), then runs
-# fmt check, lint, type check, and the test suite, stopping at the first failure.
+# fmt check, lint, type check, saves the host state the suite must leave unchanged, and runs the test
+# suite, stopping at the first failure.
 set -euo pipefail
 
 repo_root="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -38,6 +39,14 @@ if [[ -d bench ]] && find bench -name '*.ts' -not -path 'bench/results/*' -print
 fi
 step "deno check ${check_targets[*]}"
 "$DENO" check "${check_targets[@]}"
+
+# What the suite must leave as it found it (docker0, the iptables/ip6tables filter tables, daemon.json):
+# saved now, after test_env.sh, and compared by tests/integration/zz_host_intact_test.ts at the end.
+step "save the host state"
+state_dir="$(mktemp -d "${TMPDIR:-/tmp}/egt-host-state.XXXXXX")"
+trap 'rm -rf -- "$state_dir"' EXIT
+export EGRESSTRATOR_TEST_HOST_BEFORE="$state_dir/before.json"
+"$DENO" run -A --frozen tests/support/host_state.ts "$EGRESSTRATOR_TEST_HOST_BEFORE"
 
 step "deno test -A --frozen tests/ $*"
 "$DENO" test -A --frozen tests/ "$@"

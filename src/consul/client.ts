@@ -1,5 +1,5 @@
 /**
- * Consul HTTP API client over native fetch: KV tree, catalog and status reads, with token, TLS, per-request
+ * Consul HTTP API client over native fetch: KV tree and catalog reads, with token, TLS, per-request
  * timeouts and blocking-query support. It only reads; every failure is a ConsulError that names what failed.
  */
 import { ConfigError, ConsulError, ValidationError } from "../errors.ts";
@@ -40,11 +40,10 @@ export interface QueryOptions {
   datacenter?: string;
 }
 
-/** Decoded body plus the X-Consul-Index (0 when missing or invalid) and X-Consul-KnownLeader headers. */
+/** Decoded body plus the X-Consul-Index header (0 when missing or invalid). */
 export interface QueryResult<T> {
   data: T;
   index: number;
-  knownLeader?: boolean;
 }
 
 const DEFAULT_TIMEOUT_MS = 10_000;
@@ -108,7 +107,6 @@ interface Raw {
   body: unknown;
   status: number;
   index: number;
-  knownLeader?: boolean;
 }
 
 interface Req {
@@ -188,15 +186,6 @@ export class ConsulClient {
     });
   }
 
-  /** The raft leader address ("" when there is none); a cheap ping (GET /v1/status/leader). */
-  async leader(q: { signal?: AbortSignal } = {}): Promise<string> {
-    const res = await this.#query({ what: "status leader", path: "/v1/status/leader", q }, (body) => {
-      if (typeof body !== "string") throw new TypeError("expected a string");
-      return body;
-    });
-    return res.data;
-  }
-
   /** Release the TLS HTTP client, if one was created. Safe to call twice. */
   close(): void {
     this.#http?.close();
@@ -206,7 +195,7 @@ export class ConsulClient {
   async #query<T>(req: Req, decode: (body: unknown) => T): Promise<QueryResult<T>> {
     const raw = await this.#get(req);
     try {
-      return { data: decode(raw.body), index: raw.index, knownLeader: raw.knownLeader };
+      return { data: decode(raw.body), index: raw.index };
     } catch (err) {
       throw malformed(req.path, err, raw.status);
     }
@@ -244,12 +233,10 @@ export class ConsulClient {
       throw this.#unreached(err, path, timeout.aborted ? timeoutMs : undefined);
     }
     const index = parseIndex(res.headers.get("X-Consul-Index"));
-    const leaderHeader = res.headers.get("X-Consul-KnownLeader");
-    const knownLeader = leaderHeader === null ? undefined : leaderHeader === "true";
-    if (res.status === 404 && req.allow404) return { body: null, status: 404, index, knownLeader };
+    if (res.status === 404 && req.allow404) return { body: null, status: 404, index };
     if (!res.ok) throw this.#answered(res.status, text, req);
     try {
-      return { body: JSON.parse(text), status: res.status, index, knownLeader };
+      return { body: JSON.parse(text), status: res.status, index };
     } catch (err) {
       throw malformed(path, err, res.status);
     }

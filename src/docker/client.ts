@@ -1,6 +1,6 @@
 /**
  * Docker Engine API client over native fetch: version negotiation, containers, events, the helper
- * container lifecycle, images and exec. No SDK; see transport.ts for the HTTP and error handling.
+ * container lifecycle and images. No SDK; see transport.ts for the HTTP and error handling.
  */
 import { DockerError } from "../errors.ts";
 import {
@@ -17,8 +17,6 @@ import {
   type ContainerInfo,
   type ContainerSummary,
   type CreateHelperSpec,
-  type ExecSpec,
-  type ExecState,
   helperBody,
   imageRef,
   shortId,
@@ -28,15 +26,7 @@ import {
 
 export { MAX_API_VERSION } from "./types.ts";
 export type { RequestSpec } from "./transport.ts";
-export type {
-  ContainerInfo,
-  ContainerSummary,
-  CreateHelperSpec,
-  DemuxedOutput,
-  DockerEvent,
-  ExecSpec,
-  ExecState,
-};
+export type { ContainerInfo, ContainerSummary, CreateHelperSpec, DemuxedOutput, DockerEvent };
 
 /** Options for {@link DockerClient}. */
 export interface DockerClientOptions {
@@ -276,41 +266,6 @@ export class DockerClient {
       return undefined;
     });
     if (failed) throw new DockerError(`${spec.what}: ${failed}`);
-  }
-
-  /** `POST /containers/{id}/exec`: create an exec instance attached to stdout and stderr; its id. */
-  async execCreate(id: string, spec: ExecSpec, signal?: AbortSignal): Promise<string> {
-    const res = await this.rawJson<{ Id: string }>({
-      what: `exec in container ${shortId(id)}`,
-      method: "POST",
-      path: `/containers/${enc(id)}/exec`,
-      body: { Cmd: spec.cmd, Env: spec.env, User: spec.user, AttachStdout: true, AttachStderr: true },
-      signal,
-    });
-    return res.Id;
-  }
-
-  /** `POST /exec/{id}/start`, attached: runs to the end (within the request timeout) and returns its output. */
-  async execStart(execId: string, signal?: AbortSignal): Promise<DemuxedOutput> {
-    const spec: RequestSpec = {
-      what: `start exec ${shortId(execId)}`,
-      method: "POST",
-      path: `/exec/${enc(execId)}/start`,
-      body: { Detach: false, Tty: false },
-      signal,
-    };
-    const res = await this.raw(spec);
-    return demuxLogs(new Uint8Array(await this.#transport.read(spec, res, (r) => r.arrayBuffer())));
-  }
-
-  /** `GET /exec/{id}/json`: whether it still runs, and its exit code once done. */
-  async execInspect(execId: string, signal?: AbortSignal): Promise<ExecState> {
-    const res = await this.rawJson<{ Running?: boolean; ExitCode?: number | null }>({
-      what: `inspect exec ${shortId(execId)}`,
-      path: `/exec/${enc(execId)}/json`,
-      signal,
-    });
-    return { running: res.Running === true, exitCode: res.ExitCode ?? null };
   }
 
   /** Release the connection pool of the unix socket. */

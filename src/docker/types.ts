@@ -48,19 +48,6 @@ export interface CreateHelperSpec {
   capAdd: string[];
 }
 
-/** A command to exec in a running container. */
-export interface ExecSpec {
-  cmd: string[];
-  env?: string[];
-  user?: string;
-}
-
-/** State of an exec instance; `exitCode` is null while it runs. */
-export interface ExecState {
-  running: boolean;
-  exitCode: number | null;
-}
-
 type Json = Record<string, unknown>;
 
 function obj(v: unknown): Json {

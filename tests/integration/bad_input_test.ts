@@ -10,6 +10,8 @@ import assert from "node:assert/strict";
 import {
   BUSYBOX_IMAGE,
   docker,
+  dockerCli,
+  HELPER_IMAGE,
   removeAllTestObjects,
   requireImage,
   RUN_ID,
@@ -27,7 +29,6 @@ import {
   runCli,
 } from "../support/egresstrator.ts";
 
-const HELPER_IMAGE = "egresstrator-test/helper:1";
 const HELPER = ["--mode", "helper", "-i", HELPER_IMAGE];
 
 const KEYS: Record<string, string> = {
@@ -261,10 +262,9 @@ async function slowHelperImage(): Promise<string> {
   const image = `egresstrator-test/slowhelper:${RUN_ID}`;
   const dir = await Deno.makeTempDir({ prefix: "egt-slow-" });
   const run = async (args: string[]) => {
-    const out = await new Deno.Command("docker", { args, stdout: "piped", stderr: "piped" }).output();
-    const dec = new TextDecoder();
-    if (!out.success) throw new Error(`docker ${args.join(" ")}: ${dec.decode(out.stderr)}`);
-    return dec.decode(out.stdout).trim();
+    const r = await dockerCli(args);
+    if (r.code !== 0) throw new Error(`docker ${args.join(" ")}: ${r.stderr}`);
+    return r.stdout.trim();
   };
   let tmp: string | undefined;
   try {
@@ -312,13 +312,8 @@ Deno.test("bad input (helper): a helper that outlives --helper-timeout is killed
       assert.deepEqual(await helpersLeft(c.id), [], "helper container left after the timeout");
       assert.deepEqual(ruleLines(await iptablesIn(c.id)), []);
     } finally {
-      const out = await new Deno.Command("docker", {
-        args: ["rmi", "-f", image],
-        stdout: "null",
-        stderr: "null",
-      })
-        .output();
-      if (!out.success) console.warn(`could not remove ${image}`);
+      const rmi = await dockerCli(["rmi", "-f", image]);
+      if (rmi.code !== 0) console.warn(`could not remove ${image}: ${rmi.stderr.trim()}`);
     }
   });
 });

@@ -1,19 +1,18 @@
 /**
  * The daemon as users run it (`deno run -A main.ts` with no command), against a real Consul agent and a
- * PRIVATE dockerd per test: the daemon enforces every opted-in container of the dockerd it follows, so
- * on the shared dockerd it would rewrite other tests' containers (and their daemons ours).
+ * PRIVATE dockerd per test (tests/support/live.ts withLive): the daemon enforces every opted-in container
+ * of the dockerd it follows, so on the shared dockerd it would rewrite other tests' containers (and their
+ * daemons ours).
  *
  * Traffic only flows between containers a test started, on a network it created; 10.50.x.x is never dialed.
  */
 import assert from "node:assert/strict";
-import { BUSYBOX_IMAGE, RUN_ID } from "../support/docker.ts";
-import { type ConsulAgent, startConsul } from "../support/consul.ts";
-import { type PrivateDockerd, startPrivateDockerd } from "../support/dockerd.ts";
+import { BUSYBOX_IMAGE, containerIp, HELPER_IMAGE } from "../support/docker.ts";
+import type { PrivateNetwork } from "../support/dockerd.ts";
+import { type LiveEnv, withLive } from "../support/live.ts";
+import { freePort } from "../support/ports.ts";
 import {
   canConnect,
-  containerIp,
-  type DaemonProc,
-  freePort,
   helpersLeft,
   iptablesIn,
   type LogEntry,
@@ -23,55 +22,21 @@ import {
   type Relay,
   ruleLines,
   runCli,
-  startDaemon,
   startRelay,
   waitFor,
 } from "../support/egresstrator.ts";
 
-const HELPER_IMAGE = "egresstrator-test/helper:1";
 /** Never dialed. */
 const OTHER_CIDR = "10.50.128.0/24";
 
-interface Ctx {
-  d: PrivateDockerd;
-  consul: ConsulAgent;
-  /** KV prefix of this test, with the trailing slash. */
-  prefix: string;
-  /** Start a daemon on the private dockerd (stopped by the test's cleanup if still running). */
-  daemon(args: string[], opts?: { consul?: string }): Promise<DaemonProc>;
-  /** Global options for one-shot commands against the same Consul prefix and dockerd. */
-  globals: string[];
-}
-
-/** Private dockerd + Consul + cleanup around a test body. */
-async function withSetup(opts: { images?: string[] }, body: (ctx: Ctx) => Promise<void>): Promise<void> {
-  let d: PrivateDockerd | undefined;
-  let consul: ConsulAgent | undefined;
-  const daemons: DaemonProc[] = [];
-  try {
-    [d, consul] = await Promise.all([startPrivateDockerd({ images: opts.images }), startConsul()]);
-    const prefix = `egress/${RUN_ID}/${crypto.randomUUID().slice(0, 8)}/`;
-    const dd = d;
-    const cc = consul;
-    const globals = ["-c", cc.address, "-k", prefix, "-H", dd.host];
-    await body({
-      d: dd,
-      consul: cc,
-      prefix,
-      globals,
-      daemon: async (args, o = {}) => {
-        const p = await startDaemon({
-          args: ["-c", o.consul ?? cc.address, "-k", prefix, "-H", dd.host, ...args],
-        });
-        daemons.push(p);
-        return p;
-      },
-    });
-  } finally {
-    await Promise.all(daemons.map((p) => p.kill()));
-    await d?.stop();
-    await consul?.stop();
-  }
+/** An httpd on a fresh network of the private dockerd; key srv names it, key other {@link OTHER_CIDR}. */
+async function serverWithKeys(env: LiveEnv): Promise<{ net: PrivateNetwork; ip: string }> {
+  const net = await env.d.createNetwork();
+  const server = await env.d.run({ cmd: ["httpd", "-f", "-p", "8080"], network: net.name });
+  const ip = await containerIp(server.id, net.name, env.d.host);
+  await env.put("srv", `${ip}/32:tcp/8080\n`);
+  await env.put("other", `${OTHER_CIDR}:tcp/443\n`);
+  return { net, ip };
 }
 
 const isApplied = (name: string) => (e: LogEntry) => e.msg === "applied" && e.container === name;
@@ -84,12 +49,9 @@ function asSaved(lines: string[]): string[] {
 }
 
 Deno.test("daemon: containers started before and after it are enforced; one without opt-in is untouched", async () => {
-  await withSetup({}, async ({ d, consul, prefix, daemon }) => {
-    const net = await d.createNetwork();
-    const server = await d.run({ cmd: ["httpd", "-f", "-p", "8080"], network: net.name });
-    const ip = await containerIp(server.id, net.name, d.host);
-    await consul.putKv(`${prefix}srv`, `${ip}/32:tcp/8080\n`);
-    await consul.putKv(`${prefix}other`, `${OTHER_CIDR}:tcp/443\n`);
+  await withLive({}, async (env) => {
+    const { d, daemon } = env;
+    const { net, ip } = await serverWithKeys(env);
     const sleeper = (env: string[]) => d.run({ cmd: ["sleep", "600"], network: net.name, env });
     const before = await sleeper(opted("other"));
     const plain = await sleeper(["EGRESSTRATOR_ACL=other"]);
@@ -123,7 +85,7 @@ Deno.test("daemon: containers started before and after it are enforced; one with
 });
 
 Deno.test("daemon: a burst of 30 containers all end up with the rules render shows for them", async () => {
-  await withSetup({}, async ({ d, consul, prefix, globals, daemon }) => {
+  await withLive({}, async ({ d, consul, prefix, globals, daemon }) => {
     const keys: Record<string, string> = {
       a: "10.50.128.0/24:tcp/443",
       b: "10.50.129.0/24:tcp/8000-8100",
@@ -177,7 +139,7 @@ Deno.test("daemon: a burst of 30 containers all end up with the rules render sho
 });
 
 Deno.test("daemon --mode helper: enforces a new container and leaves no helper container", async () => {
-  await withSetup({ images: [BUSYBOX_IMAGE, HELPER_IMAGE] }, async ({ d, consul, prefix, daemon }) => {
+  await withLive({ images: [BUSYBOX_IMAGE, HELPER_IMAGE] }, async ({ d, consul, prefix, daemon }) => {
     await consul.putKv(`${prefix}srv`, "10.50.129.0/24:tcp/8080\n");
     await consul.putKv(`${prefix}other`, `${OTHER_CIDR}:tcp/443\n`);
     const p = await daemon(["--mode", "helper", "-i", HELPER_IMAGE]);
@@ -195,7 +157,7 @@ Deno.test("daemon --mode helper: enforces a new container and leaves no helper c
 });
 
 Deno.test("daemon: SIGHUP reloads the templates; SIGTERM exits 0 and logs stopped", async () => {
-  await withSetup({}, async ({ d, consul, prefix, daemon }) => {
+  await withLive({}, async ({ d, consul, prefix, daemon }) => {
     await consul.putKv(`${prefix}srv`, "10.50.129.0/24:tcp/8080\n");
     const c = await d.run({ cmd: ["sleep", "600"], env: opted("other") });
     const p = await daemon([]);
@@ -218,12 +180,9 @@ Deno.test("daemon: SIGHUP reloads the templates; SIGTERM exits 0 and logs stoppe
 });
 
 Deno.test("daemon: Consul down at start: skip applies nothing, deny applies deny-all until Consul is up", async () => {
-  await withSetup({}, async ({ d, consul, prefix, daemon }) => {
-    const net = await d.createNetwork();
-    const server = await d.run({ cmd: ["httpd", "-f", "-p", "8080"], network: net.name });
-    const ip = await containerIp(server.id, net.name, d.host);
-    await consul.putKv(`${prefix}srv`, `${ip}/32:tcp/8080\n`);
-    await consul.putKv(`${prefix}other`, `${OTHER_CIDR}:tcp/443\n`);
+  await withLive({}, async (env) => {
+    const { d, consul, daemon } = env;
+    const { net, ip } = await serverWithKeys(env);
     const x = await d.run({ cmd: ["sleep", "600"], network: net.name, env: opted("srv") });
     assert.ok((await canConnect(x.id, ip, 8080, d.host)).ok, "setup: the client reaches the server");
 
@@ -271,7 +230,7 @@ Deno.test("daemon: Consul down at start: skip applies nothing, deny applies deny
 });
 
 Deno.test("daemon: keeps enforcing across a dockerd restart", async () => {
-  await withSetup({}, async ({ d, consul, prefix, daemon }) => {
+  await withLive({}, async ({ d, consul, prefix, daemon }) => {
     await consul.putKv(`${prefix}srv`, "10.50.129.0/24:tcp/8080\n");
     const p = await daemon([]);
     await p.waitForLog((e) => e.msg === "connected to docker", 20_000, "connected to docker");

@@ -9,7 +9,6 @@ import { versionAtMost } from "../../src/docker/types.ts";
 import { DockerError } from "../../src/errors.ts";
 import {
   BUSYBOX_IMAGE,
-  createNetwork,
   docker,
   execIn,
   removeAllTestObjects,
@@ -19,6 +18,7 @@ import {
   TEST_LABEL,
   testName,
 } from "../support/docker.ts";
+import { createNetwork } from "../support/networks.ts";
 
 await requireImage(BUSYBOX_IMAGE);
 

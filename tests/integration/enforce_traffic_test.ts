@@ -8,22 +8,27 @@
  * addresses in the keys (10.50.128.0/24) are never dialed.
  */
 import assert from "node:assert/strict";
-import { BUSYBOX_IMAGE, removeAllTestObjects, requireImage, runContainer } from "../support/docker.ts";
+import {
+  BUSYBOX_IMAGE,
+  containerIp,
+  execIn,
+  HELPER_IMAGE,
+  removeAllTestObjects,
+  requireImage,
+  RUN_ID,
+  runContainer,
+} from "../support/docker.ts";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import {
   canConnect,
-  containerIp,
   createSubnetNetwork,
-  execAt,
   helpersLeft,
   iptablesIn,
   rejectLine,
   ruleLines,
   runCli,
 } from "../support/egresstrator.ts";
-import { RUN_ID } from "../support/docker.ts";
 
-const HELPER_IMAGE = "egresstrator-test/helper:1";
 /** Never dialed: only there so "other" has a destination of its own. */
 const OTHER = "10.50.128.0/24:tcp/443";
 
@@ -149,11 +154,11 @@ for (const mode of ["nsenter", "helper"] as const) {
         "Docker's embedded DNS still resolves the server's name while its port is blocked",
         async () => {
           assertOk(await fx.cli("cidr", ["set", a.name]), "set A");
-          const ns = await execAt(a.id, ["nslookup", fx.serverName, "127.0.0.11"]);
+          const ns = await execIn(a.id, ["nslookup", fx.serverName, "127.0.0.11"]);
           assert.equal(ns.code, 0, `nslookup failed: ${ns.stdout} ${ns.stderr}`);
           assert.match(ns.stdout, new RegExp(`Address:\\s+${serverIp.replaceAll(".", "\\.")}\\b`));
           // The resolver from resolv.conf (127.0.0.11) without naming it.
-          const plain = await execAt(a.id, ["nslookup", fx.serverName]);
+          const plain = await execIn(a.id, ["nslookup", fx.serverName]);
           assert.ok(
             plain.stdout.includes(serverIp),
             `nslookup via resolv.conf: ${plain.stdout} ${plain.stderr}`,

@@ -19,7 +19,18 @@ import {
   startDaemon,
   waitFor,
 } from "../support/egresstrator.ts";
-import { BUSYBOX_IMAGE, requireImage, RUN_ID, TEST_LABEL } from "../support/docker.ts";
+import {
+  BUSYBOX_IMAGE,
+  containerIp,
+  dockerCli,
+  requireImage,
+  RUN_ID,
+  TEST_LABEL,
+} from "../support/docker.ts";
+import { writeGateWrapper } from "../support/gate.ts";
+import { pool } from "../support/live.ts";
+import type { CliResult } from "../support/run_cli.ts";
+import { freePort } from "../support/ports.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 await requireImage(BUSYBOX_IMAGE);
@@ -45,12 +56,6 @@ function hostileScript(ip: string, then: "exit" | "sleep" = "exit"): string {
     `*) echo "OTHER: $r"; ${end(OTHER)};; esac`;
 }
 
-interface Cli {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 /** What a test has to work with. */
 interface Env {
   dir: string;
@@ -61,51 +66,10 @@ interface Env {
   daemon?: DaemonProc;
   listen: string;
   gateLog: string;
-  docker(args: string[], timeoutMs?: number): Promise<Cli>;
+  docker(args: string[], timeoutMs?: number): Promise<CliResult>;
   /** (Re)write the gate's env file: the defaults below, then `extra` (undefined removes a key). */
   writeGateEnv(extra?: Record<string, string | undefined>): Promise<void>;
   gateLines(id?: string): Promise<Record<string, unknown>[]>;
-}
-
-async function denoDir(): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" }).output();
-  return (JSON.parse(dec.decode(out.stdout)) as { denoDir: string }).denoDir;
-}
-
-/** The runtime dockerd runs: a clean env (nothing leaks from the test's), the env file, then the gate. */
-async function writeWrapper(dir: string): Promise<string> {
-  const path = `${dir}/runtime.sh`;
-  const script = [
-    "#!/bin/sh",
-    `exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \\`,
-    `  DENO_DIR='${await denoDir()}' EGRESSTRATOR_ENV_FILE='${dir}/gate.env' \\`,
-    `  '${Deno.execPath()}' run -A --quiet '${REPO_ROOT}/main.ts' runtime "$@"`,
-    "",
-  ].join("\n");
-  await Deno.writeTextFile(path, script, { mode: 0o755 });
-  return path;
-}
-
-function closedPort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function containerIp(d: PrivateDockerd, id: string, net: string): Promise<string> {
-  const c = d.client();
-  try {
-    const raw = await c.rawJson<{ NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }>({
-      what: `inspect ${id}`,
-      path: `/containers/${id}/json`,
-    });
-    const ip = raw.NetworkSettings.Networks[net]?.IPAddress;
-    if (!ip) throw new Error(`container ${id.slice(0, 12)} has no address on ${net}`);
-    return ip;
-  } finally {
-    c.close();
-  }
 }
 
 async function inspectState(d: PrivateDockerd, id: string) {
@@ -132,7 +96,7 @@ async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<
   const cleanups: (() => Promise<unknown>)[] = [() => Deno.remove(dir, { recursive: true })];
   let failure: { err: unknown } | undefined;
   try {
-    const runtime = await writeWrapper(dir);
+    const runtime = await writeGateWrapper(dir);
     const [d, c] = await Promise.allSettled([
       startPrivateDockerd({ runtimes: { [GATE]: runtime } }),
       startConsul(),
@@ -147,7 +111,7 @@ async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<
       cmd: ["nc", "-ll", "-p", "8080", "-e", "echo", "hi"],
       network: net.name,
     });
-    const serverIp = await containerIp(dockerd, server.id, net.name);
+    const serverIp = await containerIp(server.id, net.name, dockerd.host);
     await consul.putKv(`${KV_PREFIX}srv`, `${serverIp}/32:tcp/8080\n`);
     await consul.putKv(`${KV_PREFIX}other`, "10.99.99.99/32:tcp/9\n");
     const listen = `unix://${dir}/egt.sock`;
@@ -172,16 +136,7 @@ async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<
       await daemon.waitForLog((e) => e.msg === "connected to docker", 30_000, "connected to docker");
       await daemon.waitForLog((e) => e.msg === "status server listening", 5_000, "status server");
     }
-    const docker = async (args: string[], timeoutMs = 60_000): Promise<Cli> => {
-      const out = await new Deno.Command("docker", {
-        args: ["-H", dockerd.host, ...args],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-        signal: AbortSignal.timeout(timeoutMs),
-      }).output();
-      return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-    };
+    const docker = (args: string[], timeoutMs?: number) => dockerCli(args, { host: dockerd.host, timeoutMs });
     const writeGateEnv = async (extra: Record<string, string | undefined> = {}) => {
       const vars: Record<string, string | undefined> = {
         CONSUL_HTTP_ADDR: consul.address,
@@ -224,6 +179,16 @@ async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<
   if (problems.length) throw new Error(`cleanup: ${problems.join("; ")}`);
 }
 
+/** `docker run` options: the test network and the label that cleanup goes by. */
+function onNetwork(env: Env): string[] {
+  return ["--network", env.net.name, "--label", `${TEST_LABEL}=${RUN_ID}`];
+}
+
+/** `docker run` options that opt the container in with one ACL key. */
+function optedIn(acl: string): string[] {
+  return ["-e", "EGRESSTRATOR_ENABLE=1", "-e", `EGRESSTRATOR_ACL=${acl}`];
+}
+
 type Style = "run" | "detached" | "create-start";
 const STYLES: Style[] = ["run", "detached", "create-start"];
 
@@ -238,10 +203,7 @@ interface Outcome {
 async function startOnce(env: Env, style: Style, runArgs: string[], cmd: string[]): Promise<Outcome> {
   const t0 = performance.now();
   const common = [
-    "--network",
-    env.net.name,
-    "--label",
-    `${TEST_LABEL}=${RUN_ID}`,
+    ...onNetwork(env),
     ...runArgs,
     BUSYBOX_IMAGE,
     ...cmd,
@@ -269,18 +231,6 @@ async function startOnce(env: Env, style: Style, runArgs: string[], cmd: string[
     await env.docker(["rm", "-f", id]);
   }
   return { style, code, out: out.trim(), ms: performance.now() - t0 };
-}
-
-async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]);
-    }
-  }));
-  return results;
 }
 
 interface Tally {
@@ -314,7 +264,7 @@ function tally(outcomes: Outcome[]): Tally {
 }
 
 async function hostileRuns(env: Env, runtime: string[]): Promise<Tally> {
-  const opted = [...runtime, "-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=other"];
+  const opted = [...runtime, ...optedIn("other")];
   const outcomes = await pool(
     Array.from({ length: STARTS }, (_, i) => STYLES[i % STYLES.length]),
     CONCURRENCY,
@@ -377,7 +327,7 @@ Deno.test(`no gate: ${STARTS} hostile starts under plain runc with the daemon (t
 /** A behaviour script for a container that does not opt in; the same under both runtimes. */
 async function plainBehaviour(env: Env, runtime: string[]): Promise<Record<string, unknown>> {
   const d = (args: string[]) => env.docker(args);
-  const label = ["--label", `${TEST_LABEL}=${RUN_ID}`, "--network", env.net.name];
+  const label = onNetwork(env);
   const out: Record<string, unknown> = {};
   const run = await d([
     "run",
@@ -461,14 +411,8 @@ async function startHostileDetached(env: Env, acl: string, extra: string[] = [])
     "-d",
     "--runtime",
     GATE,
-    "--network",
-    env.net.name,
-    "--label",
-    `${TEST_LABEL}=${RUN_ID}`,
-    "-e",
-    "EGRESSTRATOR_ENABLE=1",
-    "-e",
-    `EGRESSTRATOR_ACL=${acl}`,
+    ...onNetwork(env),
+    ...optedIn(acl),
     ...extra,
     BUSYBOX_IMAGE,
     "sh",
@@ -493,7 +437,7 @@ async function verdicts(env: Env, id: string, n: number): Promise<string[]> {
 Deno.test("gate: daemon and Consul down: deny-all by default, refused with EGRESSTRATOR_GATE_ON_FAILURE=refuse", async () => {
   await withGateEnv({ daemon: false }, async (env) => {
     await env.writeGateEnv({
-      CONSUL_HTTP_ADDR: `127.0.0.1:${closedPort()}`,
+      CONSUL_HTTP_ADDR: `127.0.0.1:${freePort()}`,
       EGRESSTRATOR_LISTEN: `unix://${env.dir}/missing.sock`,
       EGRESSTRATOR_GATE_TIMEOUT: "2s",
     });
@@ -513,7 +457,7 @@ Deno.test("gate: daemon and Consul down: deny-all by default, refused with EGRES
     assert.deepEqual([plain.code, plain.stdout], [0, "fine\n"], plain.stderr);
 
     await env.writeGateEnv({
-      CONSUL_HTTP_ADDR: `127.0.0.1:${closedPort()}`,
+      CONSUL_HTTP_ADDR: `127.0.0.1:${freePort()}`,
       EGRESSTRATOR_LISTEN: `unix://${env.dir}/missing.sock`,
       EGRESSTRATOR_GATE_TIMEOUT: "2s",
       EGRESSTRATOR_GATE_ON_FAILURE: "refuse",
@@ -527,16 +471,10 @@ Deno.test("gate: daemon and Consul down: deny-all by default, refused with EGRES
       name,
       "--runtime",
       GATE,
-      "--network",
-      env.net.name,
-      "--label",
-      `${TEST_LABEL}=${RUN_ID}`,
+      ...onNetwork(env),
       "-v",
       `${mark}:/mark`,
-      "-e",
-      "EGRESSTRATOR_ENABLE=1",
-      "-e",
-      "EGRESSTRATOR_ACL=srv",
+      ...optedIn("srv"),
       BUSYBOX_IMAGE,
       "sh",
       "-c",

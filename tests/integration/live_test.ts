@@ -13,7 +13,6 @@ import {
   canConnect,
   containerPid,
   type DaemonProc,
-  execAt,
   iptablesIn,
   type LogEntry,
   rejectLine,
@@ -22,12 +21,10 @@ import {
   waitFor,
 } from "../support/egresstrator.ts";
 import {
-  addresses,
   appliedCount,
   createDualStackNetwork,
   getMetrics,
   getStatus,
-  HELPER_IMAGE,
   type LiveEnv,
   metricValue,
   optIn,
@@ -37,6 +34,7 @@ import {
   timeUntil,
   withLive,
 } from "../support/live.ts";
+import { BUSYBOX_IMAGE, containerAddresses, containerIp, execIn, HELPER_IMAGE } from "../support/docker.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
 
 /** What "within 2 s" means below: from the write's return to the rules read back from the namespace. */
@@ -272,8 +270,8 @@ Deno.test("live: allowlist client reaches only its ACL's server; Docker's embedd
       env.d.run({ cmd: ["httpd", "-f", "-p", "9090"], network: net.name }),
     ]);
     const [ipA, ipB] = [
-      (await addresses(env.d, srvA.id, net.name)).v4,
-      (await addresses(env.d, srvB.id, net.name)).v4,
+      await containerIp(srvA.id, net.name, env.d.host),
+      await containerIp(srvB.id, net.name, env.d.host),
     ];
     await env.put("srv-a", `${ipA}/32:tcp/8080\n`);
     await env.put("srv-b", `${ipB}/32:tcp/9090\n`);
@@ -310,7 +308,7 @@ Deno.test("live: allowlist client reaches only its ACL's server; Docker's embedd
     assert.equal(b.ok, false, `server B (not in the client's ACLs) reachable: ${b.detail}`);
     // Docker's embedded DNS (127.0.0.11, through the container's own NAT) answers for both names.
     for (const [srv, ip] of [[srvA, ipA], [srvB, ipB]] as const) {
-      const r = await execAt(client.id, ["nslookup", srv.name], { host: env.d.host, timeoutMs: 20_000 });
+      const r = await execIn(client.id, ["nslookup", srv.name], { host: env.d.host, timeoutMs: 20_000 });
       assert.equal(r.code, 0, `nslookup ${srv.name}: ${r.stdout} ${r.stderr}`);
       assert.ok(r.stdout.includes(ip), `nslookup ${srv.name} did not give ${ip}: ${r.stdout}`);
     }
@@ -322,7 +320,7 @@ Deno.test("live: IPv6 rules hold with traffic, protect and allowlist", async () 
   await withLive({}, async (env) => {
     const net = await createDualStackNetwork(env.d);
     const server = await env.d.run({ cmd: ["httpd", "-f", "-p", "8080"], network: net.name });
-    const { v6 } = await addresses(env.d, server.id, net.name);
+    const { v6 } = await containerAddresses(server.id, net.name, env.d.host);
     assert.ok(v6, `server has no IPv6 address on ${net.name} (${net.subnet6})`);
     await env.put("srv6", `[${v6}]/128:tcp/8080\n`);
     await env.put("other", "[fd00:dead:beef::]/64:tcp/443\n10.50.128.0/24:tcp/443\n");
@@ -542,7 +540,7 @@ Deno.test({
   // what was saved). Seen here: 6-8 of 16 containers kept the old CIDR in helper mode, 2 of 16 once in
   // nsenter mode. Fix: in markAffected, also mark every id in `inFlight` (and `dirty`) that has no state yet.
   fn: async () => {
-    await withLive({ images: ["egresstrator-test/busybox:1", HELPER_IMAGE] }, async (env) => {
+    await withLive({ images: [BUSYBOX_IMAGE, HELPER_IMAGE] }, async (env) => {
       await env.put("k", "10.50.100.0/24:tcp/443\n");
       // Helper mode: each first apply takes about a second, which makes the window wide enough to hit.
       const p = await env.daemon(["--mode", "helper", "-i", HELPER_IMAGE]);

@@ -4,6 +4,7 @@
  *
  * Binary: $EGRESSTRATOR_TEST_CONSUL_BIN, else <repo>/.tools/consul/usr/bin/consul, else `consul` on PATH.
  */
+import { freePorts } from "./ports.ts";
 
 /** A running agent and helpers that write fixtures into it. */
 export interface ConsulAgent {
@@ -81,14 +82,6 @@ export function findConsulBinary(): string {
     "integration tests need a consul binary and found none: set EGRESSTRATOR_TEST_CONSUL_BIN, " +
       `or install it at ${tools}, or put consul on PATH (searched ${dirs.join(":") || "an empty PATH"})`,
   );
-}
-
-/** n distinct free TCP ports on 127.0.0.1; all are held until every one is picked. */
-function freePorts(n: number): number[] {
-  const listeners = Array.from({ length: n }, () => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
-  const ports = listeners.map((l) => l.addr.port);
-  for (const l of listeners) l.close();
-  return ports;
 }
 
 async function run(bin: string, args: string[], cwd: string): Promise<void> {

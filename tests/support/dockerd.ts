@@ -1,8 +1,15 @@
 /**
  * A private dockerd for tests that restart or configure the daemon, or that must not see (or be seen by)
  * other tests' containers on the shared dockerd: its own socket, data-root and exec-root under a temp dir,
- * no iptables management (`--iptables=false --ip-forward=false --bridge=none`), its own managed containerd,
- * and `--shutdown-timeout=2` so a restart does not wait 15 s for containers that ignore SIGTERM.
+ * no iptables management (`--iptables=false --ip-forward=false`), its own managed containerd, and
+ * `--shutdown-timeout=2` so a restart does not wait 15 s for containers that ignore SIGTERM.
+ *
+ * Its default bridge is a Linux bridge of its own (`egtd<random>`, with a free `10.233.<n>.1/24`), made
+ * before dockerd starts, kept across restart() and deleted by stop(). Never `--bridge=none`: with it,
+ * dockerd 20.10 deletes the host's `docker0` at start (daemon_unix.go removeDefaultBridgeInterface),
+ * and every `docker run` on the main dockerd's default network fails from then on. A bridge named by
+ * `--bridge` must exist already (dockerd only creates `docker0` itself), and `--bip` cannot go with it,
+ * hence the address set here.
  *
  * Containers on it use network `none` or a bridge network made with {@link PrivateDockerd.createNetwork}.
  * Because this dockerd writes no firewall rules, and the host has br_netfilter loaded with the main
@@ -11,7 +18,16 @@
  * only lets the network's own containers talk to each other. stop() deletes it.
  */
 import { DockerClient } from "../../src/docker/client.ts";
-import { BUSYBOX_IMAGE, networkBody, removeObjects, RUN_ID, TEST_LABEL, testName } from "./docker.ts";
+import {
+  BUSYBOX_IMAGE,
+  removeObjects,
+  runContainer,
+  type RunOptions,
+  TEST_LABEL,
+  testName,
+  withDocker,
+} from "./docker.ts";
+import { createFreeNetwork, freeOctet, usedOctets } from "./networks.ts";
 
 /** Options of {@link startPrivateDockerd}. */
 export interface PrivateDockerdOptions {
@@ -32,18 +48,6 @@ export interface PrivateNetwork {
   bridge: string;
 }
 
-/** Options of {@link PrivateDockerd.run}. */
-export interface PrivateRunOptions {
-  cmd: string[];
-  image?: string;
-  env?: string[];
-  name?: string;
-  /** A network name or `none` (the default: there is no default bridge on this dockerd). */
-  network?: string;
-  labels?: Record<string, string>;
-  hostConfig?: Record<string, unknown>;
-}
-
 /** A running private dockerd. */
 export interface PrivateDockerd {
   /** `unix:///tmp/egt-dockerd-XXXX/docker.sock`, as `-H` takes it. */
@@ -61,8 +65,11 @@ export interface PrivateDockerd {
   loadImage(name: string): Promise<void>;
   /** A labelled bridge network with a free 10.231.<n>.0/24 subnet and the host rule described above. */
   createNetwork(name?: string): Promise<PrivateNetwork>;
-  /** Create and start a labelled container. */
-  run(opts: PrivateRunOptions): Promise<{ id: string; name: string }>;
+  /**
+   * {@link runContainer} on this dockerd, with a stop timeout of 1 s: PID 1 (sleep, httpd) ignores SIGTERM,
+   * and a dockerd restart would wait 10 s per container.
+   */
+  run(opts: Omit<RunOptions, "host">): Promise<{ id: string; name: string }>;
 }
 
 const START_TIMEOUT_MS = 30_000;
@@ -161,12 +168,23 @@ function processesOf(dir: string): number[] {
   return [...out];
 }
 
-/** Subnets (third octet of 10.231.x.0/24) already routed or addressed on this host. */
-async function usedThirdOctets(): Promise<Set<number>> {
-  const out = await mustSh("ip route/addr", "ip -4 route show; ip -4 -o addr show");
-  const used = new Set<number>();
-  for (const m of out.matchAll(/\b10\.231\.(\d{1,3})\./g)) used.add(Number(m[1]));
-  return used;
+/**
+ * Create `name` as an up Linux bridge with `10.233.<free n>.1/24`: the private dockerd's default bridge.
+ * When `ip link add` itself fails the name is someone else's: nothing is deleted then.
+ */
+async function createDefaultBridge(name: string): Promise<void> {
+  const address = `10.233.${freeOctet(await usedOctets(233))}.1/24`;
+  await mustSh(`create bridge ${name}`, 'ip link add "$1" type bridge', [name]);
+  const r = await sh('ip addr add "$2" dev "$1" && ip link set "$1" up', [name, address]);
+  if (r.code !== 0) {
+    await deleteLink(name);
+    throw new Error(`set up bridge ${name} with ${address} failed (exit ${r.code}): ${r.out}`);
+  }
+}
+
+/** Delete a network interface if it exists. */
+async function deleteLink(name: string): Promise<void> {
+  await sh('ip link show "$1" >/dev/null 2>&1 && ip link del "$1"', [name]);
 }
 
 const FORWARD_RULE = (bridge: string) => [
@@ -199,6 +217,8 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
   const socket = `${dir}/docker.sock`;
   const logFile = `${dir}/dockerd.log`;
   const host = `unix://${socket}`;
+  // At most 15 characters (IFNAMSIZ); "egt"/"egt6" + 8 are the networks' bridges (createNetwork, live.ts).
+  const defaultBridge = `egtd${crypto.randomUUID().slice(0, 8)}`;
   const args = [
     "--host",
     host,
@@ -210,7 +230,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
     `${dir}/docker.pid`,
     "--iptables=false",
     "--ip-forward=false",
-    "--bridge=none",
+    `--bridge=${defaultBridge}`,
     // Test containers (sleep, httpd as PID 1) ignore SIGTERM: do not wait the default 15 s for each.
     "--shutdown-timeout=2",
     ...Object.entries(opts.runtimes ?? {}).flatMap(([name, path]) => ["--add-runtime", `${name}=${path}`]),
@@ -218,6 +238,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
   ];
   let child: Deno.ChildProcess | undefined;
   const bridges = new Set<string>();
+  let ownsDefaultBridge = false;
 
   const launch = async () => {
     // sh only redirects into the log; exec makes our signals reach dockerd itself.
@@ -303,8 +324,9 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
       }
       for (const b of bridges) {
         while (await iptables("-D", b)) { /* remove every copy */ }
-        await sh('ip link show "$1" >/dev/null 2>&1 && ip link del "$1"', [b]);
+        await deleteLink(b);
       }
+      if (ownsDefaultBridge) await deleteLink(defaultBridge);
       for (const m of mountsUnder(dir)) {
         const r = await sh('umount "$1" 2>&1 || umount -l "$1"', [m]);
         if (r.code !== 0) problems.push(`umount ${m}: ${r.out}`);
@@ -326,63 +348,18 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
   };
 
   const createNetwork = async (name = testName("pnet")): Promise<PrivateNetwork> => {
-    const c = client();
-    try {
-      for (let attempt = 0; attempt < 8; attempt++) {
-        const used = await usedThirdOctets();
-        const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !used.has(n));
-        const n = free[Math.floor(Math.random() * free.length)];
-        const subnet = `10.231.${n}.0/24`;
-        const bridge = `egt${crypto.randomUUID().slice(0, 8)}`;
-        const res = await c.raw({
-          what: `create network ${name}`,
-          method: "POST",
-          path: "/networks/create",
-          body: networkBody(name, { subnets: [subnet], bridge }),
-          allow: [400, 403, 409],
-        });
-        const body = await res.json() as { Id?: string; message?: string };
-        if (!res.ok) {
-          if (/overlap/i.test(body.message ?? "")) continue;
-          throw new Error(`create network ${name}: ${body.message}`);
-        }
-        bridges.add(bridge);
-        await iptables("-I", bridge);
-        return { id: body.Id!, name, subnet, bridge };
-      }
-      throw new Error(`create network ${name}: no free 10.231.x.0/24 subnet after 8 tries`);
-    } finally {
-      c.close();
-    }
+    const bridge = `egt${crypto.randomUUID().slice(0, 8)}`;
+    const net = await withDocker(host, (c) => createFreeNetwork(c, { name, second: 231, bridge }));
+    bridges.add(bridge);
+    await iptables("-I", bridge);
+    return { id: net.id, name, subnet: net.subnet4, bridge };
   };
 
-  const run = async (o: PrivateRunOptions) => {
-    const name = o.name ?? testName();
-    const c = client();
-    try {
-      const { Id } = await c.rawJson<{ Id: string }>({
-        what: `create container ${name}`,
-        method: "POST",
-        path: "/containers/create",
-        query: { name },
-        body: {
-          Image: o.image ?? BUSYBOX_IMAGE,
-          Cmd: o.cmd,
-          Env: o.env ?? [],
-          Labels: { ...o.labels, [TEST_LABEL]: RUN_ID },
-          // PID 1 (sleep, httpd) ignores SIGTERM: a dockerd restart would wait 10 s per container.
-          StopTimeout: 1,
-          HostConfig: { NetworkMode: o.network ?? "none", ...o.hostConfig },
-        },
-      });
-      await c.startContainer(Id);
-      return { id: Id, name };
-    } finally {
-      c.close();
-    }
-  };
+  const run = (o: Omit<RunOptions, "host">) => runContainer({ stopTimeout: 1, ...o, host });
 
   try {
+    await createDefaultBridge(defaultBridge);
+    ownsDefaultBridge = true;
     await launch();
     for (const image of opts.images ?? [BUSYBOX_IMAGE]) await loadImage(image);
   } catch (err) {

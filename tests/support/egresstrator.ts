@@ -3,9 +3,9 @@
  * the daemon in the background with its JSON log lines collected, and checks from the host on what ended
  * up in a container's network namespace.
  */
-import { DockerClient } from "../../src/docker/client.ts";
-import { REPO_ROOT } from "./run_cli.ts";
-import { createNetwork, testName } from "./docker.ts";
+import { cliEnv, REPO_ROOT } from "./run_cli.ts";
+import { execIn, testName, withDocker } from "./docker.ts";
+import { createFreeNetwork } from "./networks.ts";
 
 export { type CliResult, REPO_ROOT, runCli, type RunCliOptions } from "./run_cli.ts";
 
@@ -46,8 +46,6 @@ export interface StartDaemonOptions {
   wrap?: string[];
 }
 
-const SCRUBBED = /^(CONSUL_|EGRESSTRATOR_|DOCKER_)/;
-
 function parseLine(line: string): LogEntry {
   try {
     const v = JSON.parse(line);
@@ -66,9 +64,7 @@ function describeLogs(entries: LogEntry[], n = 40): string {
  * say otherwise, `--listen none`: the default status socket is shared by every daemon on the host.
  */
 export function startDaemon(opts: StartDaemonOptions): Promise<DaemonProc> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(Deno.env.toObject())) if (!SCRUBBED.test(k)) env[k] = v;
-  Object.assign(env, opts.env ?? {});
+  const env = cliEnv(opts.env);
   const listen = opts.args.includes("--listen") ? [] : ["--listen", "none"];
   const argv = [
     "run",
@@ -212,18 +208,9 @@ export async function waitFor<T>(
   }
 }
 
-async function withClient<T>(host: string | undefined, fn: (c: DockerClient) => Promise<T>): Promise<T> {
-  const c = new DockerClient({ host, timeoutMs: 30_000 });
-  try {
-    return await fn(c);
-  } finally {
-    c.close();
-  }
-}
-
 /** The host PID of a running container's init process. */
 export async function containerPid(id: string, host?: string): Promise<number> {
-  const info = await withClient(host, (c) => c.inspectContainer(id));
+  const info = await withDocker(host, (c) => c.inspectContainer(id));
   if (!info.running || !info.pid) throw new Error(`container ${id.slice(0, 12)} is not running`);
   return info.pid;
 }
@@ -266,24 +253,6 @@ export function rejectLine(cidr: string, port: number | string, proto: "tcp" | "
 /** The last rule of the deny-all (allowlist) set: everything else rejected. */
 export const REJECT_ALL_LINE = "-A OUTPUT -j REJECT --reject-with icmp-port-unreachable";
 
-/** Run a command in a container through the exec API (on `host`, the main dockerd by default). */
-export async function execAt(
-  id: string,
-  cmd: string[],
-  opts: { host?: string; timeoutMs?: number } = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return await withClient(opts.host, async (c) => {
-    const execId = await c.execCreate(id, { cmd });
-    const out = await c.execStart(execId);
-    for (let i = 0; i < 100; i++) {
-      const state = await c.execInspect(execId);
-      if (!state.running && state.exitCode !== null) return { code: state.exitCode, ...out };
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error(`exec ${cmd.join(" ")} in ${id.slice(0, 12)}: no exit code after its output ended`);
-  });
-}
-
 /**
  * Whether `id` can open a TCP connection to ip:port and get an HTTP answer (busybox `nc -w 2` sending a
  * request to the test's httpd). A REJECT (tcp-reset) fails at once; nothing waits longer than 2 s.
@@ -295,7 +264,7 @@ export async function canConnect(
   host?: string,
 ): Promise<{ ok: boolean; detail: string }> {
   const script = `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 "$0" "$1"`;
-  const r = await execAt(id, ["sh", "-c", script, ip, String(port)], { host });
+  const r = await execIn(id, ["sh", "-c", script, ip, String(port)], { host });
   const ok = r.code === 0 && /^HTTP\/1\.[01] \d{3}/.test(r.stdout);
   return {
     ok,
@@ -303,14 +272,6 @@ export async function canConnect(
       JSON.stringify(r.stderr.trim().slice(0, 120))
     }`,
   };
-}
-
-/** A free TCP port on 127.0.0.1 (released again: something else may take it, rarely). */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** A plain TCP relay from 127.0.0.1:`port` to `target` ("host:port"), for a service that starts later. */
@@ -373,50 +334,15 @@ export function startRelay(port: number, target: string): Relay {
   };
 }
 
-/** A container's address on a network (main dockerd unless `host`). */
-export async function containerIp(id: string, network: string, host?: string): Promise<string> {
-  const info = await withClient(
-    host,
-    (c) =>
-      c.rawJson<{ NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }>({
-        what: `inspect ${id.slice(0, 12)}`,
-        path: `/containers/${id}/json`,
-      }),
-  );
-  const ip = info.NetworkSettings.Networks[network]?.IPAddress;
-  if (!ip) throw new Error(`container ${id.slice(0, 12)} has no address on ${network}`);
-  return ip;
-}
-
-/**
- * A labelled bridge network on the main dockerd with an explicit, unused `10.232.<n>.0/24` subnet
- * (host routes checked first; Docker's overlap error retried with another).
- */
+/** A labelled bridge network on the main dockerd with an unused `10.232.<n>.0/24` ({@link createFreeNetwork}). */
 export async function createSubnetNetwork(name = testName("net")): Promise<{ name: string; subnet: string }> {
-  let last: unknown;
-  for (let attempt = 0; attempt < 8; attempt++) {
-    const routes = await new Deno.Command("ip", { args: ["-4", "route", "show"], stdout: "piped" }).output();
-    const used = new Set(
-      [...new TextDecoder().decode(routes.stdout).matchAll(/\b10\.232\.(\d{1,3})\./g)].map((m) =>
-        Number(m[1])
-      ),
-    );
-    const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !used.has(n));
-    const subnet = `10.232.${free[Math.floor(Math.random() * free.length)]}.0/24`;
-    try {
-      await createNetwork(name, { subnet });
-      return { name, subnet };
-    } catch (err) {
-      last = err;
-      if (!/overlap|already/i.test((err as Error).message)) throw err;
-    }
-  }
-  throw new Error(`no free 10.232.x.0/24 subnet for ${name}: ${(last as Error)?.message}`);
+  const net = await withDocker(undefined, (c) => createFreeNetwork(c, { name, second: 232 }));
+  return { name, subnet: net.subnet4 };
 }
 
 /** Helper containers (label `egresstrator.helper`) left behind for a target container, on `host`. */
 export async function helpersLeft(targetId?: string, host?: string): Promise<string[]> {
   const label = targetId ? `egresstrator.helper=${targetId}` : "egresstrator.helper";
-  const list = await withClient(host, (c) => c.listContainers({ all: true, filters: { label: [label] } }));
+  const list = await withDocker(host, (c) => c.listContainers({ all: true, filters: { label: [label] } }));
   return list.map((c) => `${c.id.slice(0, 12)} ${c.names.join(",")}`);
 }

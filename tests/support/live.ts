@@ -10,10 +10,9 @@
 import { fetchStatus, type StatusReport } from "../../src/daemon/status_server.ts";
 import { type ConsulAgent, startConsul } from "./consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
-import { networkBody, RUN_ID, testName } from "./docker.ts";
+import { RUN_ID, testName, withDocker } from "./docker.ts";
+import { createFreeNetwork, type FreeNetwork } from "./networks.ts";
 import { type DaemonProc, type LogEntry, startDaemon } from "./egresstrator.ts";
-
-export const HELPER_IMAGE = "egresstrator-test/helper:1";
 
 /** Env that opts a container in with an ACL list and a policy. */
 export function optIn(acls: string[], policy: "protect" | "allowlist" = "protect"): string[] {
@@ -26,6 +25,8 @@ export interface LiveEnv {
   consul: ConsulAgent;
   /** KV prefix with the trailing slash. */
   prefix: string;
+  /** `-c <consul> -k <prefix> -H <private dockerd>`: global options for one-shot commands. */
+  globals: string[];
   /** `unix://<tmp>/egt.sock`: the daemon's --listen. */
   listen: string;
   /** Start the daemon on the private dockerd with this prefix and --listen (killed at cleanup). */
@@ -50,22 +51,38 @@ export interface LiveOptions {
   images?: string[];
 }
 
-/** Private dockerd + Consul + cleanup around `body`. */
+/**
+ * Private dockerd + Consul + cleanup around `body`. A cleanup failure (the private dockerd's objects, host
+ * rule or mounts left behind) fails the test too, after the body's own error if it has one.
+ */
 export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Promise<T>): Promise<T> {
   let d: PrivateDockerd | undefined;
   let consul: ConsulAgent | undefined;
   const daemons: DaemonProc[] = [];
   const tmp = await Deno.makeTempDir({ prefix: "egt-live-" });
+  const cleanup = async () => {
+    await Promise.all(daemons.map((p) => p.kill()));
+    const stopped = await d?.stop().then(() => undefined, (err: Error) => err);
+    await consul?.stop();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    if (stopped) throw stopped;
+  };
+  let result: T;
   try {
-    [d, consul] = await Promise.all([privateDockerd(opts.images), startConsul()]);
-    const dd = d;
-    const cc = consul;
+    const [dr, cr] = await Promise.allSettled([privateDockerd(opts.images), startConsul()]);
+    if (dr.status === "fulfilled") d = dr.value;
+    if (cr.status === "fulfilled") consul = cr.value;
+    if (dr.status === "rejected") throw dr.reason;
+    if (cr.status === "rejected") throw cr.reason;
+    const dd = d!;
+    const cc = consul!;
     const prefix = `egress/${RUN_ID}/${crypto.randomUUID().slice(0, 8)}/`;
     const listen = `unix://${tmp}/egt.sock`;
-    return await body({
+    result = await body({
       d: dd,
       consul: cc,
       prefix,
+      globals: ["-c", cc.address, "-k", prefix, "-H", dd.host],
       listen,
       put: (key, value) => cc.putKv(prefix + key, value),
       daemon: async (args = [], o = {}) => {
@@ -76,20 +93,19 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
         daemons.push(p);
         return p;
       },
-      runMany: async (specs, parallel = 8) => {
-        const out: Started[] = new Array(specs.length);
-        await pool(specs.map((s, i) => ({ s, i })), parallel, async ({ s, i }) => {
-          out[i] = await dd.run({ cmd: s.cmd ?? ["sleep", "3600"], env: s.env, network: s.network });
-        });
-        return out;
-      },
+      runMany: (specs, parallel = 8) =>
+        pool(
+          specs,
+          parallel,
+          (s) => dd.run({ cmd: s.cmd ?? ["sleep", "3600"], env: s.env, network: s.network }),
+        ),
     });
-  } finally {
-    await Promise.all(daemons.map((p) => p.kill()));
-    await d?.stop().catch((err) => console.warn(`private dockerd cleanup: ${(err as Error).message}`));
-    await consul?.stop();
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  } catch (err) {
+    await cleanup().catch((e) => console.warn(`cleanup after a failure: ${(e as Error).message}`));
+    throw err;
   }
+  await cleanup();
+  return result;
 }
 
 /**
@@ -106,12 +122,17 @@ async function privateDockerd(images?: string[]): Promise<PrivateDockerd> {
   }
 }
 
-/** Run `fn` over items, at most `n` at a time. */
-export async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const queue = [...items];
-  await Promise.all(Array.from({ length: Math.min(n, queue.length) }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
+/** Run `fn` over items, at most `n` at a time; the results in the items' order. */
+export async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+    }
   }));
+  return results;
 }
 
 /** GET /status as JSON. */
@@ -269,80 +290,18 @@ export function startCountingProxy(upstream: string): CountingProxy {
   };
 }
 
-/** A dual-stack bridge network on a private dockerd. */
-export interface DualStackNetwork {
-  name: string;
-  subnet4: string;
-  subnet6: string;
-}
-
-async function routes(family: "-4" | "-6"): Promise<string> {
-  const out = await new Deno.Command("ip", { args: [family, "route", "show"], stdout: "piped" }).output();
-  return new TextDecoder().decode(out.stdout);
-}
-
 /**
- * A labelled IPv6-enabled bridge network on `d` with explicit subnets: `10.231.<n>.0/24` and
- * `fd00:e6e5:<n>::/64`, both checked against the host's routes first. It needs no daemon option (EnableIPv6
- * on a user-defined network). No host firewall rule is added: the host's ip6tables FORWARD policy lets
+ * A labelled IPv6-enabled bridge network on `d` with `10.231.<n>.0/24` and `fd00:e6e5:<n>::/64`
+ * ({@link createFreeNetwork}). No host firewall rule is added: the host's ip6tables FORWARD policy lets
  * bridged IPv6 through, while bridged IPv4 on this network stays dropped by the main dockerd's FORWARD
  * policy, so only IPv6 traffic can be tested on it.
  */
-export async function createDualStackNetwork(d: PrivateDockerd): Promise<DualStackNetwork> {
-  const name = testName("net6");
-  const c = d.client();
-  try {
-    for (let attempt = 0; attempt < 8; attempt++) {
-      const used = (await routes("-4")) + (await routes("-6"));
-      const taken = new Set(
-        [...used.matchAll(/\b10\.231\.(\d{1,3})\.|fd00:e6e5:([0-9a-f]{1,4})::/g)].map((m) =>
-          m[1] ? Number(m[1]) : parseInt(m[2], 16)
-        ),
-      );
-      const free = Array.from({ length: 250 }, (_, i) => i + 2).filter((n) => !taken.has(n));
-      const n = free[Math.floor(Math.random() * free.length)];
-      const subnet4 = `10.231.${n}.0/24`;
-      const subnet6 = `fd00:e6e5:${n.toString(16)}::/64`;
-      const res = await c.raw({
-        what: `create network ${name}`,
-        method: "POST",
-        path: "/networks/create",
-        body: networkBody(name, {
-          subnets: [subnet4, subnet6],
-          ipv6: true,
-          bridge: `egt6${crypto.randomUUID().slice(0, 8)}`,
-        }),
-        allow: [400, 403, 409],
-      });
-      const body = await res.json() as { Id?: string; message?: string };
-      if (res.ok) return { name, subnet4, subnet6 };
-      if (!/overlap|already/i.test(body.message ?? "")) {
-        throw new Error(`create network ${name}: ${body.message}`);
-      }
-    }
-    throw new Error(`create network ${name}: no free subnet after 8 tries`);
-  } finally {
-    c.close();
-  }
-}
-
-/** A container's IPv4 and global IPv6 address on a network of `d`. */
-export async function addresses(
-  d: PrivateDockerd,
-  id: string,
-  network: string,
-): Promise<{ v4: string; v6: string }> {
-  const c = d.client();
-  try {
-    const info = await c.rawJson<
-      { NetworkSettings: { Networks: Record<string, { IPAddress: string; GlobalIPv6Address: string }> } }
-    >({ what: `inspect ${id.slice(0, 12)}`, path: `/containers/${id}/json` });
-    const n = info.NetworkSettings.Networks[network];
-    if (!n?.IPAddress) throw new Error(`container ${id.slice(0, 12)} has no address on ${network}`);
-    return { v4: n.IPAddress, v6: n.GlobalIPv6Address };
-  } finally {
-    c.close();
-  }
+export async function createDualStackNetwork(d: PrivateDockerd): Promise<FreeNetwork> {
+  const bridge = `egt6${crypto.randomUUID().slice(0, 8)}`;
+  return await withDocker(
+    d.host,
+    (c) => createFreeNetwork(c, { name: testName("net6"), second: 231, ipv6: true, bridge }),
+  );
 }
 
 /** Median, p90, min, max and mean of samples (ms), rounded to 0.1. */

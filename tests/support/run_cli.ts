@@ -25,11 +25,19 @@ export interface RunCliOptions {
 
 const SCRUBBED = /^(CONSUL_|EGRESSTRATOR_|DOCKER_)/;
 
-/** Spawn `deno run -A --quiet main.ts ...args` and collect its exit code and output. */
-export async function runCli(args: string[], opts: RunCliOptions = {}): Promise<CliResult> {
+/**
+ * The environment of an egresstrator child process: this process's, without CONSUL_*, EGRESSTRATOR_* and
+ * DOCKER_* variables, then `extra`. Spawn with `clearEnv: true`.
+ */
+export function cliEnv(extra: Record<string, string> = {}): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(Deno.env.toObject())) if (!SCRUBBED.test(k)) env[k] = v;
-  Object.assign(env, opts.env ?? {});
+  return Object.assign(env, extra);
+}
+
+/** Spawn `deno run -A --quiet main.ts ...args` and collect its exit code and output. */
+export async function runCli(args: string[], opts: RunCliOptions = {}): Promise<CliResult> {
+  const env = cliEnv(opts.env);
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--quiet", `${REPO_ROOT}/main.ts`, ...args],
     cwd: REPO_ROOT,

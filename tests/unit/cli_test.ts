@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
+import { freePort } from "../support/ports.ts";
 import { runCli } from "../support/run_cli.ts";
 
 const FIXTURES: Record<string, string> = {
@@ -22,14 +23,6 @@ async function withAclDir<T>(files: Record<string, string>, fn: (dir: string) =>
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-/** A TCP port on 127.0.0.1 that was free a moment ago, so nothing answers there. */
-function closedPort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 const lines = (s: string) => s.split("\n").filter((l) => l !== "");
@@ -316,7 +309,7 @@ Deno.test("cli: validate exits 0 for a clean dir (warnings allowed) and 2 for a 
 });
 
 Deno.test("cli: Consul unreachable exits 1 with one line and no stack; --debug adds the stack", async () => {
-  const addr = `127.0.0.1:${closedPort()}`;
+  const addr = `127.0.0.1:${freePort()}`;
   const [render, validate, debug] = await Promise.all([
     runCli(["render", "-r", "web", "-c", addr]),
     runCli(["validate", "-c", addr]),

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { ConsulClient, normalizeConsulAddress } from "../../src/consul/client.ts";
 import { parseDuration } from "../../src/config/duration.ts";
 import { ConfigError, ConsulError, ValidationError } from "../../src/errors.ts";
+import { freePort } from "../support/ports.ts";
 
 /** closing aborts just before the server shuts down, so hanging handlers can finish. */
 type Handler = (req: Request, closing: AbortSignal) => Response | Promise<Response>;
@@ -142,12 +143,11 @@ Deno.test("kvTree: decodes base64 values, null values and nested keys; sends rec
     { Key: "egress/acl/empty", Value: "", Flags: 0, ModifyIndex: 12 },
   ];
   await withFake(
-    () => json(body, { headers: { "X-Consul-Index": "42", "X-Consul-KnownLeader": "true" } }),
+    () => json(body, { headers: { "X-Consul-Index": "42" } }),
     async (f) => {
       await withClient({ address: f.address, token: "s3cr3t-token" }, async (c) => {
         const res = await c.kvTree("egress/acl/");
         assert.equal(res.index, 42);
-        assert.equal(res.knownLeader, true);
         assert.deepEqual(res.data.map((p) => p.key), body.map((b) => b.Key));
         assert.equal(res.data[0].value, null);
         assert.equal(new TextDecoder().decode(res.data[1].value!), "tcp 10.0.0.1 443\n");
@@ -174,7 +174,7 @@ Deno.test("kvTree: no token header without a token", async () => {
 Deno.test("kvTree: 404 is an empty tree with the index", async () => {
   await withFake(() => new Response("", { status: 404, headers: { "X-Consul-Index": "77" } }), async (f) => {
     await withClient({ address: f.address }, async (c) => {
-      assert.deepEqual(await c.kvTree("missing/"), { data: [], index: 77, knownLeader: undefined });
+      assert.deepEqual(await c.kvTree("missing/"), { data: [], index: 77 });
     });
   });
 });
@@ -292,12 +292,10 @@ Deno.test("blocking query: index, wait, stale, dc params and header parsing", as
     await t.step(`X-Consul-Index ${JSON.stringify(tc.header)} -> ${tc.want}`, async () => {
       const headers: Record<string, string> = {};
       if (tc.header !== null) headers["X-Consul-Index"] = tc.header;
-      headers["X-Consul-KnownLeader"] = "false";
       await withFake(() => json({ web: ["a", "b"], db: null }, { headers }), async (f) => {
         await withClient({ address: f.address }, async (c) => {
           const res = await c.catalogServices({ index: 17, wait: "1s", stale: true, datacenter: "dc2" });
           assert.equal(res.index, tc.want);
-          assert.equal(res.knownLeader, false);
           assert.deepEqual(res.data, { web: ["a", "b"], db: [] });
         });
         const q = f.urls[0].searchParams;
@@ -377,18 +375,6 @@ Deno.test("catalogService: maps entries, tag and dc", async () => {
   });
 });
 
-Deno.test("leader: returns the address, or empty string", async () => {
-  let answer = "10.0.0.1:8300";
-  await withFake(() => json(answer), async (f) => {
-    await withClient({ address: f.address }, async (c) => {
-      assert.equal(await c.leader(), "10.0.0.1:8300");
-      answer = "";
-      assert.equal(await c.leader(), "");
-    });
-    assert.equal(f.urls[0].pathname, "/v1/status/leader");
-  });
-});
-
 /** A handler that never answers until the client goes away. */
 const hang: Handler = (_req, closing) =>
   new Promise((resolve) => closing.addEventListener("abort", () => resolve(new Response("late"))));
@@ -423,16 +409,14 @@ Deno.test("abort: the caller's signal rejects with its reason unchanged", async 
       const err = await c.catalogServices({ index: 5, wait: "30s" }).then(() => undefined, (e) => e);
       assert.equal(err, reason);
       // Already aborted: rejects at once with the same reason.
-      const again = await c.leader().then(() => undefined, (e) => e);
+      const again = await c.kvTree("x/").then(() => undefined, (e) => e);
       assert.equal(again, reason);
     });
   });
 });
 
 Deno.test("unreachable: connection refused is named with the address and path", async () => {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = l.addr.port;
-  l.close();
+  const port = freePort();
   await withClient({ address: `127.0.0.1:${port}`, token: "tok-123" }, async (c) => {
     const e = await consulError(c.kvTree("egress/acl/"));
     assert.equal(e.status, undefined);
@@ -445,7 +429,7 @@ Deno.test("unreachable: connection refused is named with the address and path", 
 
 Deno.test("unreachable: DNS failure", async () => {
   await withClient({ address: "consul.invalid:8500", timeoutMs: 5000 }, async (c) => {
-    const e = await consulError(c.leader());
+    const e = await consulError(c.kvTree("egress/acl/"));
     assert.match(e.message, /^consul at http:\/\/consul\.invalid:8500 is unreachable: DNS lookup failed/);
   });
 });

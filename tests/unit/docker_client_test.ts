@@ -530,30 +530,6 @@ Deno.test("pullImage: reads the progress stream; an error line in it is a Docker
   });
 });
 
-Deno.test("exec: create, start (demuxed output), inspect", async () => {
-  const route: Route = (_req, url) => {
-    if (url.pathname === "/v1.41/containers/c1/exec") return json({ Id: "e1" }, 201);
-    if (url.pathname === "/v1.41/exec/e1/start") {
-      return new Response(new Uint8Array([1, 0, 0, 0, 0, 0, 0, 2, 111, 10]));
-    }
-    if (url.pathname === "/v1.41/exec/e1/json") return json({ Running: false, ExitCode: 4 });
-    return dockerError("unexpected", 500);
-  };
-  await withFake({ route }, async (fake, client) => {
-    const c = client();
-    const execId = await c.execCreate("c1", { cmd: ["sh", "-c", "echo o"] });
-    strictEqual(execId, "e1");
-    assertEquals((fake.bodies.get("POST /v1.41/containers/c1/exec") as { Cmd: string[] }).Cmd, [
-      "sh",
-      "-c",
-      "echo o",
-    ]);
-    assertEquals(await c.execStart(execId), { stdout: "o\n", stderr: "" });
-    assertEquals(fake.bodies.get("POST /v1.41/exec/e1/start"), { Detach: false, Tty: false });
-    assertEquals(await c.execInspect(execId), { running: false, exitCode: 4 });
-  });
-});
-
 Deno.test("tcp:// hosts use plain fetch", async () => {
   await withFake({
     tcp: true,
