@@ -5,20 +5,15 @@
  */
 import type { ContainerInfo } from "../docker/types.ts";
 import type { Logger } from "../log.ts";
-import type { ContainerState, GateApplied } from "./state.ts";
-import {
-  enforce,
-  type EnforceDeps,
-  EnforceFailure,
-  type EnforceOutcome,
-  savedHash,
-} from "../apply/enforce.ts";
+import { blankState, type ContainerState, type GateApplied, settledState } from "./state.ts";
+import { enforce, type EnforceDeps, EnforceFailure, type EnforceOutcome } from "../apply/enforce.ts";
+import { driftPass } from "./drift.ts";
 import { describeError, DockerError } from "../errors.ts";
 
 import { affectedBy, type Enforced } from "./affected.ts";
 import type { RuleChange } from "../rules/change.ts";
 import { type Metrics, recordDecision } from "./metrics.ts";
-import { backoffDelay, pool } from "../util/async.ts";
+import { backoffDelay } from "../util/async.ts";
 import { heldCaps } from "../apply/caps.ts";
 import { capRisk } from "../rules/isolation.ts";
 
@@ -40,21 +35,6 @@ export interface ReconcileOptions extends EnforceDeps {
   retryMinMs?: number;
   retryMaxMs?: number;
   metrics?: Metrics;
-}
-
-/** A state for a container nothing has been decided for yet. */
-function blankState(id: string, name: string, mode: string): ContainerState {
-  return {
-    id,
-    name,
-    acls: [],
-    policy: "protect",
-    ruleCount: 0,
-    mode,
-    denied: false,
-    unfiltered: false,
-    attempts: 0,
-  };
 }
 
 /** The loop. */
@@ -146,34 +126,25 @@ export class Reconciler {
     }
   }
 
-  private async resyncPass(): Promise<number> {
-    let repaired = 0;
-    const list = [...this.states.values()].filter((s) => s.savedHash && !this.inFlight.has(s.id));
-    await pool(list, this.opts.concurrency, async (s) => {
-      if (this.inFlight.has(s.id) || this.states.get(s.id) !== s) return;
-      const drifted = await this.drifted(s).catch((err) => {
-        this.opts.log.debug("drift check failed", { container: s.name, error: describeError(err) });
-        return false;
-      });
-      if (!drifted || this.states.get(s.id) !== s) return;
-      repaired++;
-      this.opts.metrics?.inc(
-        "egresstrator_drift_repairs_total",
-        "Containers whose rules were changed by someone else",
-      );
-      this.opts.log.warn("rules drifted; re-applying", { container: s.name, id: s.id.slice(0, 12) });
-      this.states.set(s.id, { ...s, hash: undefined, savedHash: undefined });
-      this.mark(s.id);
+  private resyncPass(): Promise<number> {
+    return driftPass({
+      candidates: [...this.states.values()].filter((s) => s.savedHash && !this.inFlight.has(s.id)),
+      current: (s) => !this.inFlight.has(s.id) && this.states.get(s.id) === s,
+      repair: (s) => {
+        this.opts.metrics?.inc(
+          "egresstrator_drift_repairs_total",
+          "Containers whose rules were changed by someone else",
+        );
+        this.opts.log.warn("rules drifted; re-applying", { container: s.name, id: s.id.slice(0, 12) });
+        this.states.set(s.id, { ...s, hash: undefined, savedHash: undefined });
+        this.mark(s.id);
+      },
+      concurrency: this.opts.concurrency,
+      docker: this.opts.docker,
+      applier: this.opts.applier,
+      log: this.opts.log,
+      signal: this.opts.signal,
     });
-    return repaired;
-  }
-
-  private async drifted(s: ContainerState): Promise<boolean> {
-    const info = await this.opts.docker.inspectContainer(s.id, this.opts.signal);
-    // A new namespace is not drift: the start event (or the next full pass) handles it.
-    if (!info.running || (s.pid !== undefined && info.pid !== s.pid)) return false;
-    const now = await this.opts.applier.read({ id: s.id, name: s.name, pid: info.pid }, this.opts.signal);
-    return (await savedHash(now)) !== s.savedHash;
   }
 
   /**
@@ -312,7 +283,6 @@ export class Reconciler {
     out: Exclude<EnforceOutcome, { status: "skipped" | "refused" }>,
     same?: ContainerState,
   ) {
-    const unchanged = out.status === "unchanged";
     const caps = await heldCaps(info);
     if (caps.length > 0 && caps.join() !== same?.caps?.join()) {
       this.opts.log.warn("holds capabilities that get around its rules", {
@@ -323,24 +293,7 @@ export class Reconciler {
         fix: "run it with --cap-drop NET_RAW (and without NET_ADMIN/SYS_ADMIN), or use the runtime gate",
       });
     }
-    this.states.set(info.id, {
-      id: info.id,
-      name: info.name,
-      acls: out.acls,
-      policy: out.policy,
-      hash: out.hash,
-      ruleCount: out.ruleCount,
-      savedHash: unchanged ? same?.savedHash : out.savedHash,
-      // "gate" stays until the daemon itself writes something.
-      mode: unchanged && same ? same.mode : this.opts.applier.mode,
-      lastApplied: unchanged ? same?.lastApplied : new Date().toISOString(),
-      lastError: out.error,
-      denied: out.status === "denied",
-      unfiltered: false,
-      pid: info.pid,
-      caps,
-      attempts: out.status === "denied" ? (same?.attempts ?? 0) + 1 : 0,
-    });
+    this.states.set(info.id, settledState(info, out, same, this.opts.applier.mode, caps));
   }
 
   private record(status: string, markedAt: number): void {

@@ -1,5 +1,7 @@
 /** What the daemon remembers per container: the rows of `/status`, and what the gate reports. */
 import type { Policy } from "../config/config.ts";
+import type { ContainerInfo } from "../docker/types.ts";
+import type { EnforceOutcome } from "../apply/enforce.ts";
 
 /** What the loop remembers per enforced container (also what `/status` shows). */
 export interface ContainerState {
@@ -44,4 +46,48 @@ export interface GateApplied {
   denied: boolean;
   /** The init pid of the created container: the namespace the rules went into. */
   pid?: number;
+}
+
+/** A state for a container nothing has been decided for yet. */
+export function blankState(id: string, name: string, mode: string): ContainerState {
+  return {
+    id,
+    name,
+    acls: [],
+    policy: "protect",
+    ruleCount: 0,
+    mode,
+    denied: false,
+    unfiltered: false,
+    attempts: 0,
+  };
+}
+
+/** The state after a decision that put rules (or deny-all) in place, or found them there. */
+export function settledState(
+  info: ContainerInfo,
+  out: Exclude<EnforceOutcome, { status: "skipped" | "refused" }>,
+  same: ContainerState | undefined,
+  mode: string,
+  caps: string[],
+): ContainerState {
+  const unchanged = out.status === "unchanged";
+  return {
+    id: info.id,
+    name: info.name,
+    acls: out.acls,
+    policy: out.policy,
+    hash: out.hash,
+    ruleCount: out.ruleCount,
+    savedHash: unchanged ? same?.savedHash : out.savedHash,
+    // "gate" stays until the daemon itself writes something.
+    mode: unchanged && same ? same.mode : mode,
+    lastApplied: unchanged ? same?.lastApplied : new Date().toISOString(),
+    lastError: out.error,
+    denied: out.status === "denied",
+    unfiltered: false,
+    pid: info.pid,
+    caps,
+    attempts: out.status === "denied" ? (same?.attempts ?? 0) + 1 : 0,
+  };
 }

@@ -2,7 +2,7 @@
  * The gate's look at an opted-in bundle before `runc create`: parse config.json, decide (spec.ts), and
  * write the edited spec back in place (atomically) when a capability was dropped.
  */
-import { decideSpec, type OciSpec, specEnv } from "./spec.ts";
+import { decideCaps, decideSpec, type OciSpec, specEnv, type SpecPolicy } from "./spec.ts";
 
 /** What runtime.ts does next. */
 export interface BundleDecision {
@@ -15,6 +15,66 @@ export interface BundleDecision {
 }
 
 const on = (v: string | undefined) => /^(1|true|yes|on)$/i.test(v ?? "");
+
+function policyOf(env: Record<string, string | undefined>): SpecPolicy {
+  return {
+    allowHostNetwork: on(env.EGRESSTRATOR_GATE_ALLOW_HOST_NETWORK),
+    allowNetAdmin: on(env.EGRESSTRATOR_GATE_ALLOW_NET_ADMIN),
+    keepNetRaw: on(env.EGRESSTRATOR_GATE_KEEP_NET_RAW),
+  };
+}
+
+/** Whether a namespace file is the host's: the one PID 1 (or the gate itself, run by containerd) is in. */
+function isHostNetns(path: string): boolean {
+  const ino = (p: string) => {
+    try {
+      return Deno.statSync(p).ino;
+    } catch {
+      return undefined;
+    }
+  };
+  const target = ino(path);
+  return target !== undefined && (target === ino("/proc/1/ns/net") || target === ino("/proc/self/ns/net"));
+}
+
+/** Write `value` as JSON to `path` through a temp file and a rename: runc never reads half a file. */
+function replaceJson(path: string, value: unknown): string | undefined {
+  try {
+    const tmp = `${path}.egresstrator-tmp`;
+    Deno.writeTextFileSync(tmp, JSON.stringify(value));
+    Deno.renameSync(tmp, path);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/**
+ * `runc exec --process <file>` into an opted-in container (`docker exec`): dockerd builds that process
+ * from the container's HostConfig, not from the spec the gate edited, so its capabilities get the same
+ * treatment. Returns a refusal, or undefined when the exec may go on.
+ */
+export function decideExec(
+  path: string,
+  text: string,
+  env: Record<string, string | undefined>,
+): string | undefined {
+  let process: OciSpec["process"];
+  try {
+    process = JSON.parse(text) as OciSpec["process"];
+  } catch (err) {
+    return `${path} is not JSON: ${(err as Error).message}`;
+  }
+  const spec: OciSpec = { process };
+  if (!specEnv(spec).includes("EGRESSTRATOR_ENABLE=1")) return undefined;
+  const d = decideCaps(spec, policyOf(env));
+  if (d.action === "refuse") return d.why.replace(/^it holds/, "the exec holds");
+  if (d.action === "enforce" && d.spec) {
+    const failed = replaceJson(path, d.spec.process);
+    if (failed) return `cannot drop ${d.dropped.join(",")} from ${path}: ${failed}`;
+  }
+  return undefined;
+}
 
 /** Decide for the bundle whose config.json is `text` at `path`. Never throws: a bad spec is refused. */
 export function decideBundle(
@@ -30,21 +90,10 @@ export function decideBundle(
   }
   const containerEnv = specEnv(spec);
   if (!containerEnv.includes("EGRESSTRATOR_ENABLE=1")) return {};
-  const d = decideSpec(spec, {
-    allowHostNetwork: on(env.EGRESSTRATOR_GATE_ALLOW_HOST_NETWORK),
-    allowNetAdmin: on(env.EGRESSTRATOR_GATE_ALLOW_NET_ADMIN),
-    keepNetRaw: on(env.EGRESSTRATOR_GATE_KEEP_NET_RAW),
-  });
+  const d = decideSpec(spec, policyOf(env), isHostNetns);
   if (d.action === "refuse") return { refuse: d.why };
   if (d.action === "pass") return { note: d.why };
-  if (d.spec) {
-    try {
-      const tmp = `${path}.egresstrator-tmp`;
-      Deno.writeTextFileSync(tmp, JSON.stringify(d.spec));
-      Deno.renameSync(tmp, path);
-    } catch (err) {
-      return { refuse: `cannot drop ${d.dropped.join(",")} from ${path}: ${(err as Error).message}` };
-    }
-  }
+  const failed = d.spec ? replaceJson(path, d.spec) : undefined;
+  if (failed) return { refuse: `cannot drop ${d.dropped.join(",")} from ${path}: ${failed}` };
   return { enforceEnv: containerEnv };
 }

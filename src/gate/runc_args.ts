@@ -46,3 +46,13 @@ export function bundleDir(rest: readonly string[]): string | undefined {
   }
   return undefined;
 }
+
+/** `--process <file>` / `-p <file>` / `--process=<file>` of `runc exec`, if given. */
+export function processFile(rest: readonly string[]): string | undefined {
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i];
+    if ((a === "--process" || a === "-p") && i + 1 < rest.length) return rest[i + 1];
+    if (a.startsWith("--process=")) return a.slice("--process=".length);
+  }
+  return undefined;
+}

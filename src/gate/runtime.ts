@@ -4,7 +4,7 @@
  * go in before `create` returns, so they are in place before `start`. Kept free of heavy imports so
  * pass-through costs as little as possible.
  */
-import { bundleDir, containerId, parseRuncArgs } from "./runc_args.ts";
+import { bundleDir, containerId, parseRuncArgs, processFile } from "./runc_args.ts";
 import { parseEnvFile } from "./env_file.ts";
 
 const RUNC_CANDIDATES = ["/usr/bin/runc", "/usr/sbin/runc", "/usr/local/bin/runc", "/usr/local/sbin/runc"];
@@ -139,6 +139,24 @@ async function beforeCreate(
   return d.enforceEnv;
 }
 
+/** `runc exec` of a process that opted in (its env is the container's): the same capability rules. */
+async function beforeExec(rest: string[], globals: string[], env: Record<string, string | undefined>) {
+  const path = processFile(rest);
+  if (!path) return 0;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return 0; // runc reports a missing process file itself
+  }
+  if (!text.includes("EGRESSTRATOR_ENABLE=1")) return 0;
+  const { decideExec } = await import("./bundle.ts");
+  const refusal = decideExec(path, text, env);
+  if (!refusal) return 0;
+  say(`refusing exec in ${containerId(rest)?.slice(0, 12) ?? "?"}: ${refusal}`, globals);
+  return 1;
+}
+
 /** Run as the runtime. Returns the exit code for main.ts. */
 export async function runGate(
   argv: string[],
@@ -147,6 +165,7 @@ export async function runGate(
   const env = gateEnv(processEnv);
   const runc = findRunc(env);
   const args = parseRuncArgs(argv);
+  if (args.command === "exec" && (await beforeExec(args.rest, args.globals, env)) !== 0) return 1;
   const before = args.command === "create" ? await beforeCreate(args.rest, args.globals, env) : undefined;
   if (typeof before === "number") return before;
   const code = await passThrough(runc, argv);

@@ -78,9 +78,17 @@ export type SpecDecision =
   /** Create it (from `spec` when it was changed), then apply its rules. */
   | { action: "enforce"; spec?: OciSpec; dropped: string[] };
 
-/** Decide (pure). */
-export function decideSpec(spec: OciSpec, policy: SpecPolicy): SpecDecision {
-  const ns = netnsKind(spec);
+/**
+ * Decide (pure but for `isHostNetns`). Docker writes `--network host` as a path to a bind mount of the
+ * host's namespace (`<exec-root>/netns/default`), Podman as no network namespace at all: both are the host.
+ */
+export function decideSpec(
+  spec: OciSpec,
+  policy: SpecPolicy,
+  isHostNetns: (path: string) => boolean = () => false,
+): SpecDecision {
+  const found = netnsKind(spec);
+  const ns = found.kind === "joined" && isHostNetns(found.path!) ? { kind: "host" as const } : found;
   if (ns.kind === "host") {
     if (!policy.allowHostNetwork) {
       return {
@@ -97,6 +105,11 @@ export function decideSpec(spec: OciSpec, policy: SpecPolicy): SpecDecision {
   if (ns.kind === "joined") {
     return { action: "pass", why: `joins the network namespace ${ns.path}: the rules of its owner apply` };
   }
+  return decideCaps(spec, policy);
+}
+
+/** The capability half of {@link decideSpec}; also what `runc exec` of an opted-in container goes through. */
+export function decideCaps(spec: OciSpec, policy: SpecPolicy): SpecDecision {
   const caps = specCaps(spec);
   const admin = ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"].filter((c) => caps.has(c));
   if (admin.length > 0 && !policy.allowNetAdmin) {

@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { canConnect, containerPid, waitFor } from "../support/egresstrator.ts";
-import { addresses, createDualStackNetwork, getStatus, optIn, withLive } from "../support/live.ts";
+import { createDualStackNetwork, getStatus, optIn, withLive } from "../support/live.ts";
+import { containerAddresses } from "../support/docker.ts";
 
 async function inNetns(pid: number, args: string[]): Promise<{ code: number; out: string }> {
   const r = await new Deno.Command("nsenter", { args: [`--net=/proc/${pid}/ns/net`, "--", ...args] })
@@ -29,7 +30,7 @@ Deno.test("fail closed: allowlist reaches an allowed IPv6 server after `ip -6 ne
   await withLive({}, async (env) => {
     const net = await createDualStackNetwork(env.d);
     const server = await env.d.run({ cmd: ["httpd", "-f", "-p", "8080"], network: net.name });
-    const { v6 } = await addresses(env.d, server.id, net.name);
+    const { v6 } = await containerAddresses(server.id, net.name, env.d.host);
     assert.ok(v6, `server has no IPv6 address on ${net.name}`);
     await env.put("srv6", `[${v6}]/128:tcp/8080\n`);
     const [client] = await env.runMany([{ env: optIn(["srv6"], "allowlist"), network: net.name }]);
@@ -127,7 +128,7 @@ Deno.test("fail closed: a restart-policy container that dockerd restarts gets it
       "the client running again with a new pid",
     );
     await waitFor(() => applies() === 2, 60_000, "an apply into the new namespace");
-    const { v4 } = await addresses(env.d, server.id, net.name);
+    const { v4 } = await containerAddresses(server.id, net.name, env.d.host);
     const r = await canConnect(client.id, v4, 8080, env.d.host);
     assert.equal(
       r.ok,

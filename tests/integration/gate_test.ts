@@ -91,7 +91,10 @@ async function inspectState(d: PrivateDockerd, id: string) {
  * Start everything a test needs, run `fn`, and take it all down again (dockerd with its containers,
  * network and host FORWARD rule; Consul; the daemon; the temp dir).
  */
-async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<void>): Promise<void> {
+async function withGateEnv(
+  opts: { daemon: boolean; acl?: boolean },
+  fn: (env: Env) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "egt-gate-" });
   const cleanups: (() => Promise<unknown>)[] = [() => Deno.remove(dir, { recursive: true })];
   let failure: { err: unknown } | undefined;
@@ -99,7 +102,7 @@ async function withGateEnv(opts: { daemon: boolean }, fn: (env: Env) => Promise<
     const runtime = await writeGateWrapper(dir);
     const [d, c] = await Promise.allSettled([
       startPrivateDockerd({ runtimes: { [GATE]: runtime } }),
-      startConsul(),
+      startConsul({ acl: opts.acl }),
     ]);
     if (d.status === "fulfilled") cleanups.unshift(() => d.value.stop());
     if (c.status === "fulfilled") cleanups.unshift(() => c.value.stop());
@@ -516,6 +519,22 @@ Deno.test("gate: daemon down, Consul up: the gate renders the rules itself", asy
     assert.deepEqual([line.decision, line.source], ["applied", "consul"], JSON.stringify(line));
     const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
     assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
+  });
+});
+
+Deno.test("gate: daemon down, an ACL-protected prefix: the gate reads Consul with CONSUL_HTTP_TOKEN_FILE", async () => {
+  await withGateEnv({ daemon: false, acl: true }, async (env) => {
+    const token = await env.consul.createToken(`key_prefix "${KV_PREFIX}" { policy = "read" }`);
+    const tokenFile = `${env.dir}/consul.token`;
+    await Deno.writeTextFile(tokenFile, token + "\n", { mode: 0o600 });
+    await env.writeGateEnv({ CONSUL_HTTP_TOKEN_FILE: tokenFile });
+    const id = await startHostileDetached(env, "other");
+    assert.match((await verdicts(env, id, 1))[0], /^BLOCKED: /, "srv is protected: the gate read the keys");
+    const [line] = await env.gateLines(id);
+    assert.deepEqual([line.decision, line.source], ["applied", "consul"], JSON.stringify(line));
+    const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
+    assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
+    assert.ok(!(await Deno.readTextFile(env.gateLog)).includes(token), "the token is never logged");
   });
 });
 

@@ -7,6 +7,7 @@
  * The daemon enforces every opted-in container of the dockerd it follows, so it always follows a PRIVATE
  * dockerd here: on the shared one it would rewrite other tests' containers (and their daemons ours).
  */
+import { pool } from "../../src/util/async.ts";
 import { fetchStatus, type StatusReport } from "../../src/daemon/status_server.ts";
 import { type ConsulAgent, startConsul } from "./consul.ts";
 import { type PrivateDockerd, startPrivateDockerd } from "./dockerd.ts";
@@ -46,9 +47,14 @@ export interface Started {
   name: string;
 }
 
+/** The one bounded pool, production's (re-exported for the tests that used this module's). */
+export { pool };
+
 /** Options of {@link withLive}. */
 export interface LiveOptions {
   images?: string[];
+  /** Extra OCI runtimes for the private dockerd: name -> path (the gate's wrapper). */
+  runtimes?: Record<string, string>;
 }
 
 /**
@@ -69,7 +75,7 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
   };
   let result: T;
   try {
-    const [dr, cr] = await Promise.allSettled([privateDockerd(opts.images), startConsul()]);
+    const [dr, cr] = await Promise.allSettled([privateDockerd(opts), startConsul()]);
     if (dr.status === "fulfilled") d = dr.value;
     if (cr.status === "fulfilled") consul = cr.value;
     if (dr.status === "rejected") throw dr.reason;
@@ -112,27 +118,15 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
  * A private dockerd, tried twice: its images are copied from the shared dockerd, which other engineers'
  * tests restart now and then (the copy then fails with "Cannot connect to the Docker daemon").
  */
-async function privateDockerd(images?: string[]): Promise<PrivateDockerd> {
+async function privateDockerd(opts: LiveOptions): Promise<PrivateDockerd> {
+  const start = () => startPrivateDockerd({ images: opts.images, runtimes: opts.runtimes });
   try {
-    return await startPrivateDockerd({ images });
+    return await start();
   } catch (err) {
     console.warn(`private dockerd did not start, retrying once in 5 s: ${(err as Error).message}`);
     await new Promise((r) => setTimeout(r, 5000));
-    return await startPrivateDockerd({ images });
+    return await start();
   }
-}
-
-/** Run `fn` over items, at most `n` at a time; the results in the items' order. */
-export async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]);
-    }
-  }));
-  return results;
 }
 
 /** GET /status as JSON. */

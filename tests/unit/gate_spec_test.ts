@@ -58,6 +58,10 @@ Deno.test("gate spec: decisions, strict and loosened", () => {
   assert.match(host.action === "refuse" ? host.why : "", /host's network namespace.*ALLOW_HOST_NETWORK/);
   assert.equal(decideSpec(spec({ netns: "host" }), { ...STRICT, allowHostNetwork: true }).action, "pass");
   assert.equal(decideSpec(spec({ netns: "/proc/9/ns/net" }), STRICT).action, "pass");
+  // Docker's --network host: a path to a bind mount of the host's namespace.
+  const isHost = (p: string) => p === "/run/docker/netns/default";
+  const dockerHost = decideSpec(spec({ netns: "/run/docker/netns/default" }), STRICT, isHost);
+  assert.equal(dockerHost.action, "refuse");
 
   for (const cap of ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]) {
     const r = decideSpec(spec({ caps: [...DEFAULT_CAPS, cap] }), STRICT);
