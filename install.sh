@@ -231,7 +231,20 @@ remove_file() {
 
 # ---------------------------------------------------------------------------------------------------------
 # The runtime gate: the binary itself edits daemon.json (a JSON merge that keeps every other setting).
+# What dockerd runs is the shim beside the binary (egresstrator-runtime): it passes every call to runc at
+# the cost of a shell, and runs the binary only for opted-in containers. The binary prints it.
+shim_path="$(dirname -- "$bin_path")/egresstrator-runtime"
+install_shim() {
+  if [ "$dry_run" = 1 ]; then
+    say "would write the runtime shim $shim_path ($bin_path runtime-shim)"
+    return 0
+  fi
+  { "$bin_path" runtime-shim >"$shim_path.tmp" && chmod 755 "$shim_path.tmp" && mv -f "$shim_path.tmp" "$shim_path"; } ||
+    { rm -f "$shim_path.tmp"; die "could not write the runtime shim $shim_path"; }
+  say "installed runtime shim $shim_path"
+}
 runtime_config() {
+  if [ "${1:-}" != --remove ]; then install_shim; fi
   if [ "$dry_run" = 1 ]; then
     say "would run: $bin_path runtime-config --daemon-json $daemon_json $*"
     return 0
@@ -261,6 +274,7 @@ if [ "$uninstall" = 1 ]; then
       systemctl disable --now "$UNIT_NAME" || warn "systemctl disable --now $UNIT_NAME failed"
     fi
   fi
+  remove_file "$shim_path" "runtime shim"
   remove_file "$bin_path" binary
   if [ "$systemd" = 1 ]; then
     remove_file "$unit_path" unit

@@ -130,7 +130,7 @@ errlog="$(mktemp)"
 # deno compile leaves "<out>.tmp-<hash>" behind when it fails.
 trap 'rm -f "$errlog" "$out".tmp-* "$out_dir"/.sha256sums.tmp' EXIT
 
-args=(compile --frozen --include templates "${permissions[@]}" --output "$out")
+args=(compile --frozen --include templates --include packaging/egresstrator-runtime "${permissions[@]}" --output "$out")
 # Only when asked: without --target deno also finds a denort placed next to the deno executable.
 [[ -n "${TARGET:-}" ]] && args+=(--target "$TARGET")
 args+=(main.ts)

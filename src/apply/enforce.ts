@@ -36,8 +36,6 @@ export type EnforceOutcome =
     acls: string[];
     policy: Policy;
     hash: string;
-    /** Baseline for drift checks; absent when nothing was applied ("unchanged"). */
-    savedHash?: string;
     ruleCount: number;
     notes: string[];
     /** Set for "denied": why the real rules could not be built or written. */
@@ -73,10 +71,10 @@ async function applyIfChanged(
   known?: string,
 ) {
   const hash = known ?? await rulesHash(rendered);
-  if (hash === req.previousHash) return { hash, applied: false, saved: undefined };
+  if (hash === req.previousHash) return { hash, applied: false };
   const target = { id: req.info.id, name: req.info.name, pid: req.info.pid };
-  const saved = await savedHash(await deps.applier.apply(target, rendered, req.signal));
-  return { hash, applied: true, saved };
+  await deps.applier.apply(target, rendered, req.signal);
+  return { hash, applied: true };
 }
 
 /** Decide and apply for one container. Throws EnforceFailure; never anything else except on abort. */
@@ -102,14 +100,13 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
     return await failClosed(deps, req, want, notes, why, err);
   }
   try {
-    const { hash, applied, saved } = await applyIfChanged(deps, req, built.rendered, built.hash);
+    const { hash, applied } = await applyIfChanged(deps, req, built.rendered, built.hash);
     const status = applied ? "applied" : "unchanged";
     return {
       status,
       acls: want.acls,
       policy: want.policy,
       hash,
-      savedHash: saved,
       ruleCount: built.ruleCount,
       notes,
     };
@@ -152,7 +149,6 @@ async function failClosed(
     acls: want.acls,
     policy: "allowlist",
     hash: applied.hash,
-    savedHash: applied.saved,
     ruleCount: countRules(rendered),
     notes,
     error: why,

@@ -115,7 +115,7 @@ export class HelperApplier implements Applier {
     );
   }
 
-  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules> {
+  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
     const { env, script } = applyPayload(rules, this.ipv6);
     const res = await this.runHelper(target, script, env, signal).catch((err) => {
       signal.throwIfAborted();
@@ -125,7 +125,6 @@ export class HelperApplier implements Applier {
       const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;
       throw new ApplyError(`apply to ${target.name} (${target.id.slice(0, 12)}) via helper: ${msg}`);
     }
-    return splitRead(res.stdout);
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {

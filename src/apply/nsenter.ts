@@ -79,7 +79,7 @@ export class NsenterApplier implements Applier {
     return res;
   }
 
-  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<RenderedRules> {
+  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
     const { env, script } = applyPayload(rules, this.ipv6);
     const res = await this.sh(target, script, env, signal);
     if (res.code !== 0) {
@@ -88,7 +88,6 @@ export class NsenterApplier implements Applier {
         `apply to ${target.name} (${target.id.slice(0, 12)}) via nsenter: ${msg}${hint(msg)}`,
       );
     }
-    return splitRead(res.stdout);
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {

@@ -11,7 +11,7 @@ import { createLogger } from "../log.ts";
 import { startDaemon } from "../daemon/daemon.ts";
 import { clearCommand, setCommand } from "./commands/set_clear.ts";
 import { statusCommand } from "./commands/status.ts";
-import { runtimeConfigCommand } from "./commands/runtime_config.ts";
+import { runtimeConfigCommand, shimText } from "./commands/runtime_config.ts";
 import type { Out } from "./commands/io.ts";
 import { renderCommand } from "./commands/render.ts";
 import { validateCommand } from "./commands/validate.ts";
@@ -87,6 +87,7 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
   sub("runtime-config", "register the runtime gate in dockerd's daemon.json (or remove it)")
     .option("--daemon-json <file>", "dockerd's config file", "/etc/docker/daemon.json")
     .option("--binary <path>", "absolute path of the egresstrator binary", "/usr/local/bin/egresstrator")
+    .option("--shim <path>", "the runtime shim to register (default: egresstrator-runtime beside --binary)")
     .option("--default", "make it dockerd's default-runtime (every container goes through the gate)")
     .option("--remove", "remove the runtime (and default-runtime when it is ours)")
     .action(async (opts) =>
@@ -94,11 +95,18 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
         await runtimeConfigCommand({
           daemonJson: opts.daemonJson,
           binary: opts.binary,
+          shim: opts.shim,
           makeDefault: opts.default,
           remove: opts.remove,
         }, io),
       )
     );
+
+  sub("runtime-shim", "print the OCI runtime shim runtime-config registers (install it beside the binary)")
+    .action(async () => {
+      io.stdout(await shimText());
+      done(0);
+    });
 
   sub("set", "Set egress rules on specified container")
     .argument("[container]", "container id, id prefix or name")

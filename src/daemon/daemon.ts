@@ -18,7 +18,7 @@ import { makeApplier } from "../apply/make.ts";
 import { VERSION } from "../version.ts";
 import { followEvents } from "./events.ts";
 import { statusSource } from "./status_source.ts";
-import { gateApplied, gateRender } from "./gate_api.ts";
+import { gateApplied, gateEnforce, gateRender } from "./gate_api.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {
@@ -93,6 +93,14 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   const source = statusSource({ fixed, reconciler, rules, metrics, state });
   source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
   source.gateApplied = (body) => gateApplied(reconciler, body);
+  const gateDeps = {
+    rules,
+    renderer: () => renderer,
+    config,
+    reconciler,
+    applier: applier.mode === "nsenter" ? applier : undefined,
+  };
+  source.gateEnforce = (body) => gateEnforce(gateDeps, body, signal);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
   rules.start();
   const resync = config.resyncIntervalMs > 0

@@ -6,7 +6,13 @@
 import type { ContainerInfo } from "../docker/types.ts";
 import type { Logger } from "../log.ts";
 import { blankState, type ContainerState, type GateApplied, settledState } from "./state.ts";
-import { enforce, type EnforceDeps, EnforceFailure, type EnforceOutcome } from "../apply/enforce.ts";
+import {
+  enforce,
+  type EnforceDeps,
+  EnforceFailure,
+  type EnforceOutcome,
+  savedHash,
+} from "../apply/enforce.ts";
 import { driftPass } from "./drift.ts";
 import { describeError, DockerError } from "../errors.ts";
 
@@ -240,9 +246,30 @@ export class Reconciler {
         this.logDecision(info, out, same, Math.round(performance.now() - started));
       }
       this.record(out.status, markedAt);
+      if (out.status !== "skipped" && out.status !== "refused") await this.baseline(info);
     } catch (err) {
       if (signal.aborted) return;
       await this.failed(id, info, err, same);
+    }
+  }
+
+  /**
+   * Read the tables back once after a write (or a gate's write), for drift checks to compare with. Done
+   * after the decision is recorded, so it is not part of the time to enforce; still in this worker, so no
+   * apply of the same container runs beside it.
+   */
+  private async baseline(info: ContainerInfo): Promise<void> {
+    const s = this.states.get(info.id);
+    if (!s || s.savedHash) return;
+    try {
+      const read = await this.opts.applier.read(
+        { id: info.id, name: info.name, pid: info.pid },
+        this.opts.signal,
+      );
+      const hash = await savedHash(read);
+      if (this.states.get(info.id) === s) this.states.set(info.id, { ...s, savedHash: hash });
+    } catch (err) {
+      this.opts.log.debug("reading rules back failed", { container: info.name, error: describeError(err) });
     }
   }
 

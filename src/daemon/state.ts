@@ -79,7 +79,8 @@ export function settledState(
     policy: out.policy,
     hash: out.hash,
     ruleCount: out.ruleCount,
-    savedHash: unchanged ? same?.savedHash : out.savedHash,
+    // A write needs a new drift baseline: read back after the decision, off the time to enforce.
+    savedHash: unchanged ? same?.savedHash : undefined,
     // "gate" stays until the daemon itself writes something.
     mode: unchanged && same ? same.mode : mode,
     lastApplied: unchanged ? same?.lastApplied : new Date().toISOString(),

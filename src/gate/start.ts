@@ -1,23 +1,13 @@
 /**
- * The gate's opted-in path: get the container's rules (the daemon's warm cache first, then Consul
- * directly), or fail closed (deny-all) or refuse the start, as configured; apply them with nsenter into
- * the created namespace; tell the daemon so it does not apply them again.
+ * The gate's opted-in path, kept light: with the daemon up, one request over its unix socket does the work
+ * (the daemon renders from its warm caches, applies with nsenter and adopts the rules). Only when it
+ * cannot is the rule machinery loaded here (direct.ts).
  */
 import { type Config, parseDuration } from "../config/config.ts";
 import { loadConfig } from "../config/load.ts";
 import { rawFromEnv } from "../config/options_table.ts";
-import { containerIntent } from "../rules/intent.ts";
 import { fetchStatus } from "../daemon/status_server.ts";
-import { openRuleContext } from "../context.ts";
-import { RuleCache } from "../rules/rule_cache.ts";
-import { savedHash } from "../apply/enforce.ts";
-import { buildRules, countRules, denyPlan } from "../render/build.ts";
-import { checkRendered, loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
-import { NsenterApplier } from "../apply/nsenter.ts";
-import { denoRunner, kernelHasIPv6 } from "../apply/applier.ts";
 import { describeError } from "../errors.ts";
-import { VERSION } from "../version.ts";
-import type { ContainerInfo } from "../docker/types.ts";
 
 /** What runtime.ts knows when it calls in. */
 export interface GateStartInput {
@@ -27,63 +17,8 @@ export interface GateStartInput {
   env: Record<string, string | undefined>;
 }
 
-interface Rules {
-  rendered: RenderedRules;
-  hash: string;
-  acls: string[];
-  policy: "protect" | "allowlist";
-  ruleCount: number;
-}
-
-async function fromDaemon(
-  config: Config,
-  id: string,
-  containerEnv: string[],
-  timeoutMs: number,
-): Promise<Rules> {
-  if (!config.listen) throw new Error("no daemon address (--listen none)");
-  // Only what decides the rules leaves the container's env: no secrets in the request.
-  const env = containerEnv.filter((e) => e.startsWith("EGRESSTRATOR_"));
-  const res = await fetchStatus(config.listen, "/v1/gate/render", timeoutMs, { id, env });
-  const body = await res.json() as Rules & { ipv4: string; ipv6: string; error?: string };
-  if (!res.ok) throw new Error(`daemon: ${body.error ?? res.status}`);
-  // Whoever answers on the socket, what goes into the namespace must be a filter table and nothing else.
-  if (typeof body.ipv4 !== "string" || typeof body.ipv6 !== "string" || typeof body.hash !== "string") {
-    throw new Error("daemon: the answer has no rules");
-  }
-  checkRendered(body.ipv4, "the daemon's ipv4 rules");
-  checkRendered(body.ipv6, "the daemon's ipv6 rules");
-  return { ...body, rendered: { ipv4: body.ipv4, ipv6: body.ipv6 } };
-}
-
-async function fromConsul(config: Config, inp: GateStartInput, timeoutMs: number): Promise<Rules> {
-  const signal = AbortSignal.timeout(timeoutMs);
-  const ctx = await openRuleContext(config, signal);
-  try {
-    const intent = containerIntent(inp.containerEnv, config.policy);
-    const deps = { rules: new RuleCache(ctx.source, ctx.consul), renderer: () => ctx.renderer, config };
-    const want = { id: inp.id, name: inp.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
-    const built = await buildRules(deps, want, signal);
-    return built;
-  } finally {
-    ctx.close();
-  }
-}
-
-async function denyRules(config: Config, id: string): Promise<Rules> {
-  // Built-in templates only: the fail-closed set must not depend on a custom template working.
-  const renderer = new Renderer(await loadTemplates(), VERSION);
-  const rendered = renderer.renderAll(denyPlan(config, { id, name: id.slice(0, 12) } as ContainerInfo));
-  return {
-    rendered,
-    hash: await rulesHash(rendered),
-    acls: [],
-    policy: "allowlist",
-    ruleCount: countRules(rendered),
-  };
-}
-
-function gateLog(env: GateStartInput["env"], fields: Record<string, unknown>): void {
+/** Append one JSON line to EGRESSTRATOR_GATE_LOG, if set; a log it cannot write never blocks a start. */
+export function gateLog(env: GateStartInput["env"], fields: Record<string, unknown>): void {
   const path = env.EGRESSTRATOR_GATE_LOG;
   if (!path) return;
   try {
@@ -94,9 +29,33 @@ function gateLog(env: GateStartInput["env"], fields: Record<string, unknown>): v
 }
 
 /** Log a refusal and return its one-line reason for the caller to report. */
-function refuse(env: GateStartInput["env"], id: string, why: string): string {
+export function refuse(env: GateStartInput["env"], id: string, why: string): string {
   gateLog(env, { id, decision: "refused", error: why });
   return `refusing to start ${id.slice(0, 12)}: ${why}`;
+}
+
+/**
+ * The fast path: ask the daemon to enforce. Resolves with the daemon's report, or with why it could not
+ * (then the slow path runs; a 501 means "apply it yourself", the daemon uses helper containers).
+ */
+async function viaDaemon(
+  config: Config,
+  inp: GateStartInput,
+): Promise<{ ruleCount: number } | { error: string; render: boolean }> {
+  if (!config.listen?.startsWith("unix://")) {
+    return { error: "no daemon unix socket (--listen)", render: false };
+  }
+  // Only what decides the rules leaves the container's env: no secrets in the request.
+  const env = inp.containerEnv.filter((e) => e.startsWith("EGRESSTRATOR_"));
+  try {
+    const res = await fetchStatus(config.listen, "/v1/gate/enforce", 3000, { id: inp.id, pid: inp.pid, env });
+    const body = await res.json() as { ruleCount?: number; error?: string };
+    if (res.ok && typeof body.ruleCount === "number") return { ruleCount: body.ruleCount };
+    // 501: a daemon that applies with helper containers still renders from its warm caches.
+    return { error: body.error ?? `HTTP ${res.status}`, render: res.status === 501 };
+  } catch (err) {
+    return { error: describeError(err), render: false };
+  }
 }
 
 /** Put rules in place before start. Returns undefined when done, or why the start must be refused. */
@@ -114,67 +73,18 @@ export async function gateStart(inp: GateStartInput): Promise<string | undefined
     // A typo must not quietly pick one: refusing is the choice that never starts anything unfiltered.
     return refuse(inp.env, inp.id, `EGRESSTRATOR_GATE_ON_FAILURE must be deny or refuse, not "${onFailure}"`);
   }
-  const refuseOnFailure = onFailure === "refuse";
   const timeoutMs = parseDuration("EGRESSTRATOR_GATE_TIMEOUT", inp.env.EGRESSTRATOR_GATE_TIMEOUT || "3s");
-  const errors: string[] = [];
-  let rules: Rules | undefined;
-  let source = "daemon";
-  for (
-    const [name, get] of [
-      ["daemon", () => fromDaemon(config, inp.id, inp.containerEnv, Math.min(timeoutMs, 2000))],
-      ["consul", () => fromConsul(config, inp, timeoutMs)],
-    ] as const
-  ) {
-    try {
-      rules = await get();
-      source = name;
-      break;
-    } catch (err) {
-      errors.push(`${name}: ${describeError(err)}`);
-    }
+  const fast = await viaDaemon(config, inp);
+  if ("ruleCount" in fast) {
+    const ms = Math.round(performance.now() - t0);
+    gateLog(inp.env, { id: inp.id, decision: "applied", source: "daemon", rules: fast.ruleCount, ms });
+    return undefined;
   }
-  const denied = !rules;
-  if (!rules) {
-    if (refuseOnFailure) return refuse(inp.env, inp.id, `no rules could be had (${errors.join("; ")})`);
-    rules = await denyRules(config, inp.id);
-    source = "deny";
-  }
-  let saved: string | undefined;
-  try {
-    const target = { id: inp.id, name: inp.id.slice(0, 12), pid: inp.pid };
-    saved = await savedHash(
-      await new NsenterApplier(denoRunner, { ipv6: kernelHasIPv6(), timeoutMs: 15_000 }).apply(
-        target,
-        rules.rendered,
-        AbortSignal.timeout(15_000),
-      ),
-    );
-  } catch (err) {
-    return refuse(inp.env, inp.id, `rules could not be applied: ${describeError(err)}`);
-  }
-  if (config.listen) {
-    const report = {
-      id: inp.id,
-      hash: rules.hash,
-      savedHash: saved,
-      acls: rules.acls,
-      policy: rules.policy,
-      ruleCount: rules.ruleCount,
-      denied,
-      pid: inp.pid,
-    };
-    await fetchStatus(config.listen, "/v1/gate/applied", 1000, report).then((r) => r.body?.cancel()).catch(
-      () => {},
-    );
-  }
-  const ms = Math.round(performance.now() - t0);
-  gateLog(inp.env, {
-    id: inp.id,
-    decision: denied ? "denied" : "applied",
-    source,
-    rules: rules.ruleCount,
-    ms,
-    ...(denied ? { error: errors.join("; ") } : {}),
+  const { direct } = await import("./direct.ts");
+  return await direct(config, inp, {
+    refuseOnFailure: onFailure === "refuse",
+    timeoutMs,
+    t0,
+    daemonError: fast.render ? undefined : fast.error,
   });
-  return undefined;
 }

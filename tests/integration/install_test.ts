@@ -188,8 +188,15 @@ Deno.test("install.sh --runtime registers the gate in daemon.json, keeps other s
   let doc = JSON.parse(await Deno.readTextFile(dj));
   assert.equal(doc["log-driver"], "journald");
   assert.deepEqual(doc.runtimes.other, { path: "/x" });
-  assert.deepEqual(doc.runtimes.egresstrator, { path: t.bin, runtimeArgs: ["runtime"] });
+  // What dockerd runs is the shim beside the binary, exactly as the binary prints it.
+  const shim = t.bin.replace(/egresstrator$/, "egresstrator-runtime");
+  assert.deepEqual(doc.runtimes.egresstrator, { path: shim });
   assert.equal(doc["default-runtime"], undefined);
+  assert.equal((await Deno.stat(shim)).mode! & 0o777, 0o755);
+  assert.equal(
+    await Deno.readTextFile(shim),
+    await Deno.readTextFile(`${ROOT}/packaging/egresstrator-runtime`),
+  );
 
   // Register-only (binary already installed), idempotent, then as the default runtime.
   const again = await installSh(["--runtime", "--daemon-json", dj, ...t.flags]);
@@ -205,6 +212,7 @@ Deno.test("install.sh --runtime registers the gate in daemon.json, keeps other s
   doc = JSON.parse(await Deno.readTextFile(dj));
   assert.deepEqual(doc, { "log-driver": "journald", runtimes: { other: { path: "/x" } } });
   assert.equal(await exists(t.bin), false);
+  assert.equal(await exists(shim), false, "the shim goes with the binary");
 });
 
 Deno.test("install.sh --runtime without an installed binary fails clearly and changes nothing", async () => {

@@ -1,6 +1,6 @@
 /**
- * The runtime gate as dockerd runs it, for the gate tests and benchmark: a wrapper script registered with
- * `--add-runtime`, which runs egresstrator from source as the OCI runtime.
+ * The runtime gate as dockerd runs it, for the gate tests and benchmark: the shim registered with
+ * `--add-runtime`, beside a stand-in binary that runs egresstrator from source.
  */
 import { REPO_ROOT } from "./run_cli.ts";
 
@@ -11,23 +11,29 @@ export async function denoDir(): Promise<string> {
 }
 
 /**
- * Write `<dir>/<name>.sh` (name `runtime` by default), the runtime dockerd runs: a clean env (nothing leaks
- * from the test's), the env file `<dir>/gate.env`, then `deno run -A main.ts runtime "$@"`. With `trace`,
- * each call's arguments are first appended to that file. Returns the script's path.
+ * The gate installed as install.sh leaves it, in `<dir>/<name>/`: `egresstrator` (a stand-in for the
+ * binary: a clean env, the env file `<dir>/gate.env`, then `deno run -A main.ts "$@"`) and beside it the
+ * shim `egresstrator-runtime`, exactly as `egresstrator runtime-shim` prints it. Returns the shim's path,
+ * which dockerd is given as the runtime. With `trace`, every runtime call first appends its arguments to
+ * that file (the shim's copy gets that one line more).
  */
 export async function writeGateWrapper(
   dir: string,
   opts: { name?: string; trace?: string } = {},
 ): Promise<string> {
-  const path = `${dir}/${opts.name ?? "runtime"}.sh`;
+  const bin = `${dir}/${opts.name ?? "gate"}`;
+  await Deno.mkdir(bin, { recursive: true });
   const script = [
     "#!/bin/sh",
-    ...(opts.trace ? [`echo "$*" >> '${opts.trace}'`] : []),
     `exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \\`,
     `  DENO_DIR='${await denoDir()}' EGRESSTRATOR_ENV_FILE='${dir}/gate.env' \\`,
-    `  '${Deno.execPath()}' run -A --quiet '${REPO_ROOT}/main.ts' runtime "$@"`,
+    `  '${Deno.execPath()}' run -A --quiet '${REPO_ROOT}/main.ts' "$@"`,
     "",
   ].join("\n");
-  await Deno.writeTextFile(path, script, { mode: 0o755 });
-  return path;
+  await Deno.writeTextFile(`${bin}/egresstrator`, script, { mode: 0o755 });
+  const shim = `${bin}/egresstrator-runtime`;
+  let text = await Deno.readTextFile(`${REPO_ROOT}/packaging/egresstrator-runtime`);
+  if (opts.trace) text = text.replace("\n", `\necho "$*" >> '${opts.trace}'\n`);
+  await Deno.writeTextFile(shim, text, { mode: 0o755 });
+  return shim;
 }

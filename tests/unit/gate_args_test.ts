@@ -206,8 +206,8 @@ Deno.test("parseEnvFile: CRLF line ends and an empty file", () => {
   assert.deepEqual(parseEnvFile("\n\n# only comments\n"), {});
 });
 
-const BIN = "/usr/local/bin/egresstrator";
-const OURS = { path: BIN, runtimeArgs: ["runtime"] };
+const BIN = "/usr/local/bin/egresstrator-runtime";
+const OURS = { path: BIN };
 
 Deno.test("addRuntime: adds ours, keeps every other setting and runtime, and does not mutate", () => {
   const doc = {
@@ -224,7 +224,7 @@ Deno.test("addRuntime: adds ours, keeps every other setting and runtime, and doe
   assert.equal(addRuntime(doc, BIN, true)["default-runtime"], RUNTIME_NAME);
   assert.deepEqual(addRuntime({}, BIN, false), { runtimes: { [RUNTIME_NAME]: OURS } });
   // Re-adding updates our entry in place.
-  const moved = addRuntime(addRuntime({}, "/old/egresstrator", false), BIN, false);
+  const moved = addRuntime(addRuntime({}, "/old/egresstrator-runtime", false), BIN, false);
   assert.deepEqual(moved, { runtimes: { [RUNTIME_NAME]: OURS } });
 });
 
@@ -264,17 +264,28 @@ async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
 }
 
 const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+
+/** A binary's directory with the shim installed beside it, as install.sh leaves it. */
+async function installed(dir: string): Promise<{ bin: string; ours: { path: string } }> {
+  await Deno.mkdir(`${dir}/bin`, { recursive: true });
+  const shim = `${dir}/bin/egresstrator-runtime`;
+  const printed = await runCli(["runtime-shim"]);
+  assert.equal(printed.code, 0, printed.stderr);
+  await Deno.writeTextFile(shim, printed.stdout, { mode: 0o755 });
+  return { bin: `${dir}/bin/egresstrator`, ours: { path: shim } };
+}
 const readJson = async (p: string) => JSON.parse(await Deno.readTextFile(p));
 
 Deno.test("runtime-config CLI: creates a missing daemon.json, then says already up to date", async () => {
   await withTemp(async (dir) => {
     const path = `${dir}/etc/docker/daemon.json`;
-    const args = ["runtime-config", "--daemon-json", path, "--binary", BIN];
+    const { bin, ours } = await installed(dir);
+    const args = ["runtime-config", "--daemon-json", path, "--binary", bin];
     const first = await runCli(args);
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stdout, /registered runtime "egresstrator" in .*daemon\.json; restart dockerd/);
     assert.match(first.stdout, /docker run --runtime egresstrator -e EGRESSTRATOR_ENABLE=1/);
-    assert.deepEqual(await readJson(path), { runtimes: { [RUNTIME_NAME]: OURS } });
+    assert.deepEqual(await readJson(path), { runtimes: { [RUNTIME_NAME]: ours } });
     assert.equal(await exists(`${path}.bak`), false, "no .bak for a file that did not exist");
     const text = await Deno.readTextFile(path);
     const second = await runCli(args);
@@ -292,12 +303,13 @@ Deno.test("runtime-config CLI: keeps other settings, writes a .bak, --default an
     const original = { "log-driver": "journald", runtimes: { crun: { path: "/usr/bin/crun" } } };
     const originalText = JSON.stringify(original, null, 4);
     await Deno.writeTextFile(path, originalText);
-    const add = await runCli(["runtime-config", "--daemon-json", path, "--binary", BIN, "--default"]);
+    const { bin, ours } = await installed(dir);
+    const add = await runCli(["runtime-config", "--daemon-json", path, "--binary", bin, "--default"]);
     assert.equal(add.code, 0, add.stderr);
     assert.match(add.stdout, /every container now starts through the gate \(default-runtime\)/);
     assert.deepEqual(await readJson(path), {
       ...original,
-      runtimes: { ...original.runtimes, [RUNTIME_NAME]: OURS },
+      runtimes: { ...original.runtimes, [RUNTIME_NAME]: ours },
       "default-runtime": RUNTIME_NAME,
     });
     assert.equal(await Deno.readTextFile(`${path}.bak`), originalText, ".bak holds the previous file");
@@ -310,6 +322,24 @@ Deno.test("runtime-config CLI: keeps other settings, writes a .bak, --default an
     assert.deepEqual((await readJson(`${path}.bak`))["default-runtime"], RUNTIME_NAME);
     const again = await runCli(["runtime-config", "--daemon-json", path, "--remove"]);
     assert.equal(again.stdout, `${path}: already up to date\n`);
+  });
+});
+
+Deno.test("runtime-config CLI: no shim beside the binary is a usage error that says how to install it", async () => {
+  await withTemp(async (dir) => {
+    const path = `${dir}/daemon.json`;
+    const r = await runCli(["runtime-config", "--daemon-json", path, "--binary", `${dir}/egresstrator`]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /no executable shim at .*egresstrator-runtime: install it: egresstrator runtime-shim >/,
+    );
+    assert.equal(await exists(path), false, "nothing written");
+    const printed = await runCli(["runtime-shim"]);
+    assert.equal(
+      printed.stdout,
+      await Deno.readTextFile(new URL("../../packaging/egresstrator-runtime", import.meta.url)),
+    );
   });
 });
 
@@ -333,9 +363,10 @@ Deno.test("runtime-config CLI: --remove keeps someone else's default-runtime", a
 Deno.test("runtime-config CLI: invalid JSON and a non-object are refused, the file unchanged", async () => {
   await withTemp(async (dir) => {
     const path = `${dir}/daemon.json`;
+    const { bin } = await installed(dir);
     for (const text of ['{"log-driver": "journald",', "[]", '"text"', "null"]) {
       await Deno.writeTextFile(path, text);
-      const r = await runCli(["runtime-config", "--daemon-json", path, "--binary", BIN]);
+      const r = await runCli(["runtime-config", "--daemon-json", path, "--binary", bin]);
       assert.equal(r.code, 2, `${text}: ${r.stdout} ${r.stderr}`);
       assert.match(r.stderr, /is not a JSON object; fix it first \(nothing was changed\)/);
       assert.equal(r.stdout, "");
@@ -353,8 +384,9 @@ Deno.test("runtime-config CLI: an empty file counts as {}; a relative --binary i
     assert.equal(rel.code, 2);
     assert.match(rel.stderr, /--binary must be an absolute path, not "egresstrator"/);
     assert.equal(await Deno.readTextFile(path), "  \n");
-    const ok = await runCli(["runtime-config", "--daemon-json", path, "--binary", BIN]);
+    const { bin, ours } = await installed(dir);
+    const ok = await runCli(["runtime-config", "--daemon-json", path, "--binary", bin]);
     assert.equal(ok.code, 0, ok.stderr);
-    assert.deepEqual(await readJson(path), { runtimes: { [RUNTIME_NAME]: OURS } });
+    assert.deepEqual(await readJson(path), { runtimes: { [RUNTIME_NAME]: ours } });
   });
 });

@@ -43,7 +43,7 @@ class FakeApplier implements Applier {
   failRealFor = new Set<string>();
   delayMs = 5;
   tables = new Map<string, RenderedRules>();
-  async apply(t: ApplyTarget, rules: RenderedRules): Promise<RenderedRules> {
+  async apply(t: ApplyTarget, rules: RenderedRules): Promise<void> {
     this.running++;
     this.maxRunning = Math.max(this.maxRunning, this.running);
     await new Promise((r) => setTimeout(r, this.delayMs));
@@ -54,7 +54,6 @@ class FakeApplier implements Applier {
     }
     this.applied.push(t.id);
     this.tables.set(t.id, rules);
-    return rules;
   }
   read(t: ApplyTarget): Promise<RenderedRules> {
     return Promise.resolve(this.tables.get(t.id) ?? { ipv4: "", ipv6: "" });

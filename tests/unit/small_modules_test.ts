@@ -93,7 +93,7 @@ Deno.test("formatStatus prints a header and one row per container, sorted by nam
   assert.match(lines[4], /^cccccccccccc\s+zed\s+UNFILTERED\s+db\s+0\s.*deny-all failed too$/);
 });
 
-Deno.test("applyPayload chunks big texts and the script tests both families before writing", () => {
+Deno.test("applyPayload chunks big texts; the script saves ipv4 before any write and rolls it back", () => {
   const big = "x".repeat(150 * 1024);
   assert.equal(Object.keys(chunkEnv("4", big)).length, 3);
   const { env, script } = applyPayload({ ipv4: big, ipv6: "small" });
@@ -101,8 +101,12 @@ Deno.test("applyPayload chunks big texts and the script tests both families befo
   assert.equal(env.EGTRAW, RAW_TEXT);
   assert.equal(env.EGT4_0 + env.EGT4_1 + env.EGT4_2, big);
   const lines = script.split("\n");
-  const firstWrite = lines.findIndex((l) => / iptables-restore \|\| exit 4/.test(l));
-  assert.ok(lines.findIndex((l) => l.includes("ip6tables-restore --test")) < firstWrite);
+  assert.equal(lines.length, 3, "one save and one restore per family: no --test runs, no read-back");
+  assert.match(lines[0], /^old4=\$\(iptables-save -t filter\)/);
+  assert.match(lines[1], /\| iptables-restore \|\|/);
+  assert.match(lines[2], /\| ip6tables-restore \|\| \{ printf '%s\\n' "\$old4" \| iptables-restore;/);
+  assert.ok(!script.includes("--test"));
+  assert.equal(applyPayload({ ipv4: "a", ipv6: "b" }, false).script.split("\n").length, 1, "IPv4 alone");
   assert.match(script, /"\$EGT4_0" "\$EGT4_1" "\$EGT4_2"/);
 });
 
