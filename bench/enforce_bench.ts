@@ -7,15 +7,16 @@
  *   - an external check per container: from the `POST /containers/{id}/start` call's return, a host shell
  *     in the container's netns polls `iptables-save` until the key's REJECT line is there.
  * Beside them, in the same run and on the same dockerd, the bare cost of writing the same text with no
- * daemon: `nsenter --net=/proc/<pid>/ns/net iptables-restore` (N=30), and the nsenter applier's whole
- * script (both families tested and restored, then read back; N=30).
+ * daemon: `nsenter --net=/proc/<pid>/ns/net iptables-restore` of the IPv4 text, the same with both
+ * families (`iptables-restore` then `ip6tables-restore`, one nsenter), and the nsenter applier's script
+ * (both restores at once; and with the save it makes when it does not know what is there), N=30 each.
  * Bounded: fixed counts, 60 s per poll, 180 s per run; containers removed after each run.
  *
  *   deno run -A bench/enforce_bench.ts        (as root)
  *
  * Writes bench/results/enforce.json.
  */
-import { applyPayload } from "../src/apply/applier.ts";
+import { applyPayload, EMPTY_RULES } from "../src/apply/applier.ts";
 import { BUSYBOX_IMAGE, createTestContainer, HELPER_IMAGE, testName } from "../tests/support/docker.ts";
 import { containerPid, type DaemonProc, runCli, waitFor } from "../tests/support/egresstrator.ts";
 import {
@@ -137,20 +138,36 @@ async function bare(env: LiveEnv) {
   const ipv6 = await render("ipv6");
   if (!ipv4.includes(KEY_CIDR)) throw new Error(`rendered text lacks ${KEY_CIDR}:\n${ipv4}`);
   const pid = await containerPid(target.id, env.d.host);
-  const { env: payloadEnv, script } = applyPayload({ ipv4, ipv6 });
+  // The daemon's first write into a fresh namespace (rollback text known: empty), and the same without it
+  // (a save of both families first), beside the bare restores of the same texts.
+  const fresh = applyPayload({ ipv4, ipv6 }, true, EMPTY_RULES);
+  const saved = applyPayload({ ipv4, ipv6 });
   const path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  const bothScript = `printf '%s' "$V4" | iptables-restore && printf '%s' "$V6" | ip6tables-restore`;
   const restore: number[] = [];
+  const restoreBoth: number[] = [];
   const applyScript: number[] = [];
+  const applyScriptSaved: number[] = [];
   for (let i = 0; i < BARE_N; i++) {
     restore.push(await timedNsenter(pid, ["iptables-restore"], ipv4));
-    applyScript.push(await timedNsenter(pid, ["sh", "-c", script], undefined, { PATH: path, ...payloadEnv }));
+    restoreBoth.push(
+      await timedNsenter(pid, ["sh", "-c", bothScript], undefined, { PATH: path, V4: ipv4, V6: ipv6 }),
+    );
+    applyScript.push(
+      await timedNsenter(pid, ["sh", "-c", fresh.script], undefined, { PATH: path, ...fresh.env }),
+    );
+    applyScriptSaved.push(
+      await timedNsenter(pid, ["sh", "-c", saved.script], undefined, { PATH: path, ...saved.env }),
+    );
   }
   const c = env.d.client();
   await Promise.all([ref, target].map((x) => c.removeContainer(x.id, { force: true }).catch(() => {})));
   c.close();
   return {
     restoreV4: stats(restore),
+    restoreBoth: stats(restoreBoth),
     applyScript: stats(applyScript),
+    applyScriptWithSave: stats(applyScriptSaved),
     ipv4TextLines: ipv4.split("\n").length,
   };
 }
@@ -167,10 +184,11 @@ interface CaseResult {
   externalSamplesMs: number[];
 }
 
+/** ENFORCE_BENCH_MODES=nsenter (or helper) runs one mode only. */
 const MODES: { mode: string; args: string[] }[] = [
   { mode: "nsenter", args: [] },
   { mode: "helper", args: ["--mode", "helper", "-i", HELPER_IMAGE] },
-];
+].filter((m) => (Deno.env.get("ENFORCE_BENCH_MODES") ?? "nsenter,helper").split(",").includes(m.mode));
 
 const results = await withLive({ images: [BUSYBOX_IMAGE, HELPER_IMAGE] }, async (env) => {
   await env.put("k", `${KEY_CIDR}:tcp/443\n`);

@@ -280,20 +280,18 @@ async function readmeSection(r: Result): Promise<string> {
     "The shim execs runc at once for all but `create` (and `exec`) of a bundle that opts in, which it checks " +
     `with one grep of config.json: \`egresstrator-runtime --version\` (shim, then runc) takes ` +
     `${su.shimPassThroughVersion.median} ms median against ${su.runcVersion.median} ms for \`runc --version\`. ` +
-    "Only an opted-in `create` starts egresstrator (deno: " +
-    `\`deno run main.ts runtime --version\` alone is ${su.denoRuntimeVersion.median} ms median; importing ` +
-    `src/gate/start.ts, the opted-in path's entry, ${su.denoImportGateStart.median} ms). After \`runc create\` ` +
-    "it reads the created pid (`runc state`) and sends one request to the daemon's unix socket; the daemon " +
-    "renders from its warm caches and applies with nsenter (one save and one restore per family)" +
-    (r.daemonApplyMs ? `, then adopts the rules (the start event applies nothing)` : "") + "." +
+    "An opted-in `create` with the daemon up needs no egresstrator process either: the shim asks the " +
+    "daemon over its unix socket (curl) to check the spec, runs `runc create`, reads the pid file, and asks " +
+    "the daemon to put the rules in; the daemon renders from its warm caches, applies with nsenter (one " +
+    "restore per family, the rollback text known) and adopts the rules, so the start event applies nothing." +
     (r.gateInternalMs
-      ? ` The gate's own time for that (its log's \`ms\`: config, request, apply by the daemon) is ` +
-        `${r.gateInternalMs.median} ms median, p90 ${r.gateInternalMs.p90} (rules from: ${
-          r.gateSources.join(", ")
-        }).`
-      : ""),
-    "The rest of the opted-in overhead is the deno process start itself; a compiled binary " +
-    "(`deno compile`, not possible here) starts faster than `deno run` from source.",
+      ? ` The daemon's own time for that (the gate log's \`ms\`) is ${r.gateInternalMs.median} ms median, ` +
+        `p90 ${r.gateInternalMs.p90}, min ${r.gateInternalMs.min}: nearly all of it the iptables processes ` +
+        `(rules from: ${r.gateSources.join(", ")}).`
+      : "") +
+    " Without the daemon (or without curl) the shim runs egresstrator, which does the same itself: a deno " +
+    `start (\`deno run main.ts runtime --version\` is ${su.denoRuntimeVersion.median} ms median; importing ` +
+    `src/gate/start.ts ${su.denoImportGateStart.median} ms) on top.`,
     "",
     ...(window.withGate && window.withoutGate
       ? [

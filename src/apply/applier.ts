@@ -1,5 +1,5 @@
 /** How rules get into a container's network namespace. Everything before this is shared by all modes. */
-import type { RenderedRules } from "../render/renderer.ts";
+import { CLEAR_TEXT, type RenderedRules } from "../render/renderer.ts";
 import type { ApplyMode } from "../config/config.ts";
 
 /** The container to act on. `pid` is its init process as the host sees it (0 when unknown). */
@@ -16,9 +16,16 @@ export interface Applier {
   readonly ipv6: boolean;
   /**
    * Each family's restore is atomic, and ipv4 is rolled back if ipv6 fails, so a bad text changes
-   * nothing. Nothing is read back: {@link read} gives drift checks their baseline, off the hot path.
+   * nothing. Resolves with the tables as read back when that came for free (the helper container reads
+   * them in the same run); else with nothing, and {@link read} gives drift checks their baseline later,
+   * off the time to enforce.
    */
-  apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void>;
+  apply(
+    target: ApplyTarget,
+    rules: RenderedRules,
+    signal: AbortSignal,
+    previous?: RenderedRules,
+  ): Promise<RenderedRules | void>;
   /** Read the filter and raw tables back (`iptables-save`), for drift checks. */
   read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules>;
 }
@@ -76,48 +83,67 @@ export const RAW_TEXT = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nC
  * ...), so no temp files and no single string over the kernel's 128 KiB limit.
  *
  * Lean on purpose (every iptables process costs ~7 ms here): no separate `--test` runs, since each restore
- * is atomic for its family and changes nothing when it fails; and no read-back, which drift checks do
- * later, off the time to enforce. The one extra process is the save of the IPv4 filter table, put back
- * when the IPv6 restore fails, so that either both families change or neither does. (The raw table needs
- * no save: it is always empty after an apply of ours.)
+ * is atomic for its family and changes nothing when it fails; no read-back, which drift checks do later,
+ * off the time to enforce. Either both families change or neither does: IPv4 is written first, and put
+ * back when the IPv6 restore fails. What it is put back to is the previous text when the caller knows it
+ * (EGTP4_*: what it last wrote into this namespace, or an empty table for a fresh one), else a save taken
+ * first (one more process). The raw table needs no save: it is always empty after an apply of ours. (Both
+ * restores at once measured slower than one after the other on two busy cores.) `-w`: the legacy backend's
+ * xtables lock.
  */
-export function applyScript(chunks4: number, chunks6: number, ipv6 = true): string {
+export function applyScript(chunks4: number, chunks6: number, ipv6 = true, prev4?: number): string {
   const cat = (fam: string, n: number) =>
     `{ printf '%s' ${
       Array.from({ length: n }, (_, i) => `"$EGT${fam}_${i}"`).join(" ")
     }; printf '%s' "$EGTRAW"; }`;
-  const v4 = cat("4", chunks4);
-  const v6 = cat("6", chunks6);
-  const restore4 =
-    `${v4} | iptables-restore || { echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`;
+  const restore4 = `${cat("4", chunks4)} | iptables-restore -w 5 || ` +
+    `{ echo "egresstrator: ipv4 rules rejected by iptables-restore" >&2; exit 3; }`;
   if (!ipv6) return restore4;
-  const rollback = `{ printf '%s\\n' "$old4" | iptables-restore; ` +
-    `echo "egresstrator: ipv6 rules rejected by ip6tables-restore; ipv4 rules rolled back" >&2; exit 4; }`;
-  return [`old4=$(iptables-save -t filter) || exit 5`, restore4, `${v6} | ip6tables-restore || ${rollback}`]
-    .join("\n");
+  const back4 = prev4 ? cat("P4", prev4) : `printf '%s\\n' "$old4"`;
+  return [
+    ...(prev4 ? [] : [`old4=$(iptables-save -t filter) || exit 5`]),
+    restore4,
+    `${cat("6", chunks6)} | ip6tables-restore -w 5 || { ${back4} | iptables-restore -w 5; ` +
+    `echo "egresstrator: ipv6 rules rejected by ip6tables-restore; ipv4 rules rolled back" >&2; exit 4; }`,
+  ].join("\n");
 }
 
 const CHUNK = 64 * 1024;
 
 /** Split a text into env entries for {@link applyScript}. */
-export function chunkEnv(fam: "4" | "6", text: string): Record<string, string> {
+export function chunkEnv(fam: "4" | "6" | "P4", text: string): Record<string, string> {
   const env: Record<string, string> = {};
   const n = Math.max(1, Math.ceil(text.length / CHUNK));
   for (let i = 0; i < n; i++) env[`EGT${fam}_${i}`] = text.slice(i * CHUNK, (i + 1) * CHUNK);
   return env;
 }
 
-/** Env and script for applying both families (IPv4 alone when `ipv6` is false). */
+/**
+ * Env and script for applying both families (IPv4 alone when `ipv6` is false). `previous`: what is in the
+ * namespace now, if the caller knows (see {@link applyScript}).
+ */
 export function applyPayload(
   rules: RenderedRules,
   ipv6 = true,
+  previous?: RenderedRules,
 ): { env: Record<string, string>; script: string } {
-  const env = { ...chunkEnv("4", rules.ipv4), ...(ipv6 ? chunkEnv("6", rules.ipv6) : {}) };
-  const n4 = Object.keys(env).filter((k) => k.startsWith("EGT4_")).length;
-  const n6 = Object.keys(env).length - n4;
+  const env: Record<string, string> = {
+    ...chunkEnv("4", rules.ipv4),
+    ...(ipv6 ? chunkEnv("6", rules.ipv6) : {}),
+  };
+  const count = (prefix: string) => Object.keys(env).filter((k) => k.startsWith(prefix)).length;
+  const n4 = count("EGT4_"), n6 = count("EGT6_");
   env.EGTRAW = RAW_TEXT;
-  return { env, script: applyScript(n4, n6, ipv6) };
+  let prev4: number | undefined;
+  if (previous && ipv6) {
+    Object.assign(env, chunkEnv("P4", previous.ipv4));
+    prev4 = count("EGTP4_");
+  }
+  return { env, script: applyScript(n4, n6, ipv6, prev4) };
 }
+
+/** What a namespace holds before anything of ours was written: empty filter tables. */
+export const EMPTY_RULES: RenderedRules = { ipv4: CLEAR_TEXT, ipv6: CLEAR_TEXT };
 
 /**
  * Script that prints both families' filter and raw tables, separated by a marker line: what drift checks

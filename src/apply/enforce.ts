@@ -23,6 +23,11 @@ export interface EnforceRequest {
   aclsOverride?: string[];
   /** Hash of what was last applied; equal text is not applied again. */
   previousHash?: string;
+  /**
+   * What is in the namespace now, when the caller knows (its last write there, or empty tables for a
+   * namespace nothing was written to yet): a failed family is then rolled back without a save first.
+   */
+  previousRules?: RenderedRules;
   signal: AbortSignal;
 }
 
@@ -37,6 +42,10 @@ export type EnforceOutcome =
     policy: Policy;
     hash: string;
     ruleCount: number;
+    /** The text now in the namespace (what was written, or found unchanged). */
+    rendered: RenderedRules;
+    /** The tables as read back right after the write, when the applier did that anyway (helper mode). */
+    readBack?: RenderedRules;
     notes: string[];
     /** Set for "denied": why the real rules could not be built or written. */
     error?: string;
@@ -73,8 +82,8 @@ async function applyIfChanged(
   const hash = known ?? await rulesHash(rendered);
   if (hash === req.previousHash) return { hash, applied: false };
   const target = { id: req.info.id, name: req.info.name, pid: req.info.pid };
-  await deps.applier.apply(target, rendered, req.signal);
-  return { hash, applied: true };
+  const readBack = await deps.applier.apply(target, rendered, req.signal, req.previousRules) ?? undefined;
+  return { hash, applied: true, readBack };
 }
 
 /** Decide and apply for one container. Throws EnforceFailure; never anything else except on abort. */
@@ -100,7 +109,7 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
     return await failClosed(deps, req, want, notes, why, err);
   }
   try {
-    const { hash, applied } = await applyIfChanged(deps, req, built.rendered, built.hash);
+    const { hash, applied, readBack } = await applyIfChanged(deps, req, built.rendered, built.hash);
     const status = applied ? "applied" : "unchanged";
     return {
       status,
@@ -108,6 +117,8 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
       policy: want.policy,
       hash,
       ruleCount: built.ruleCount,
+      rendered: built.rendered,
+      readBack,
       notes,
     };
   } catch (err) {
@@ -150,6 +161,8 @@ async function failClosed(
     policy: "allowlist",
     hash: applied.hash,
     ruleCount: countRules(rendered),
+    rendered,
+    readBack: applied.readBack,
     notes,
     error: why,
   };

@@ -115,9 +115,16 @@ export class HelperApplier implements Applier {
     );
   }
 
-  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
-    const { env, script } = applyPayload(rules, this.ipv6);
-    const res = await this.runHelper(target, script, env, signal).catch((err) => {
+  async apply(
+    target: ApplyTarget,
+    rules: RenderedRules,
+    signal: AbortSignal,
+    previous?: RenderedRules,
+  ): Promise<RenderedRules> {
+    const payload = applyPayload(rules, this.ipv6, previous);
+    // A helper container per read would double the cost: this one reads the tables back as it ends.
+    const script = `${payload.script}\n${readScript(this.ipv6)}`;
+    const res = await this.runHelper(target, script, payload.env, signal).catch((err) => {
       signal.throwIfAborted();
       throw this.failure("apply to", target, err);
     });
@@ -125,6 +132,7 @@ export class HelperApplier implements Applier {
       const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;
       throw new ApplyError(`apply to ${target.name} (${target.id.slice(0, 12)}) via helper: ${msg}`);
     }
+    return splitRead(res.stdout);
   }
 
   async read(target: ApplyTarget, signal: AbortSignal): Promise<RenderedRules> {

@@ -3,6 +3,7 @@ import type { Applier, ApplyTarget, CommandRunner } from "./applier.ts";
 import { applyPayload, readScript, splitRead } from "./applier.ts";
 import type { RenderedRules } from "../render/renderer.ts";
 import { ApplyError } from "../errors.ts";
+import { isHostNetns } from "./netns.ts";
 
 function hint(stderr: string): string {
   if (/Operation not permitted|Permission denied/i.test(stderr)) {
@@ -42,15 +43,7 @@ export class NsenterApplier implements Applier {
     const ns = `/proc/${target.pid}/ns/net`;
     // Whatever Docker says about the network mode: never write the namespace egresstrator itself (or the
     // host's init) lives in. Those are the host's tables.
-    const inode = (path: string) => {
-      try {
-        return Deno.statSync(path).ino;
-      } catch {
-        return undefined;
-      }
-    };
-    const mine = inode(ns);
-    if (mine !== undefined && (mine === inode("/proc/self/ns/net") || mine === inode("/proc/1/ns/net"))) {
+    if (isHostNetns(ns)) {
       throw new ApplyError(
         `container ${target.name} (${
           target.id.slice(0, 12)
@@ -79,8 +72,13 @@ export class NsenterApplier implements Applier {
     return res;
   }
 
-  async apply(target: ApplyTarget, rules: RenderedRules, signal: AbortSignal): Promise<void> {
-    const { env, script } = applyPayload(rules, this.ipv6);
+  async apply(
+    target: ApplyTarget,
+    rules: RenderedRules,
+    signal: AbortSignal,
+    previous?: RenderedRules,
+  ): Promise<void> {
+    const { env, script } = applyPayload(rules, this.ipv6, previous);
     const res = await this.sh(target, script, env, signal);
     if (res.code !== 0) {
       const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;

@@ -19,6 +19,7 @@ import { VERSION } from "../version.ts";
 import { followEvents } from "./events.ts";
 import { statusSource } from "./status_source.ts";
 import { gateApplied, gateEnforce, gateRender } from "./gate_api.ts";
+import { shimEnforce, shimPrepare } from "./gate_shim.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {
@@ -98,9 +99,12 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     renderer: () => renderer,
     config,
     reconciler,
+    denyRenderer: ctx.denyRenderer,
     applier: applier.mode === "nsenter" ? applier : undefined,
   };
   source.gateEnforce = (body) => gateEnforce(gateDeps, body, signal);
+  source.shim = (what, body) =>
+    what === "prepare" ? Promise.resolve(shimPrepare(body)) : shimEnforce(gateDeps, body, signal);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
   rules.start();
   const resync = config.resyncIntervalMs > 0

@@ -47,7 +47,7 @@ export async function followEvents({ docker, reconciler, log, signal, state }: F
       for await (const ev of stream) {
         attempt = 0;
         since = (ev.timeNano / 1e9).toFixed(9);
-        if (ev.action === "start") reconciler.mark(ev.id, Math.floor(ev.timeNano / 1e6));
+        if (ev.action === "start") reconciler.mark(ev.id, Math.floor(ev.timeNano / 1e6), true);
         else reconciler.forget(ev.id);
       }
       state.dockerConnected = false;

@@ -6,8 +6,10 @@
  */
 import type { Reconciler } from "./reconcile.ts";
 import type { GateApplied } from "./state.ts";
-import { type BuildDeps, buildRules } from "../render/build.ts";
-import type { Applier } from "../apply/applier.ts";
+import { type BuildDeps, buildRules, countRules, denyPlan } from "../render/build.ts";
+import { type RenderedRules, rulesHash } from "../render/renderer.ts";
+import type { Policy } from "../config/config.ts";
+import { type Applier, EMPTY_RULES } from "../apply/applier.ts";
 import { containerIntent } from "../rules/intent.ts";
 import { describeError } from "../errors.ts";
 
@@ -53,6 +55,70 @@ export interface GateEnforceDeps extends BuildDeps {
   reconciler: Reconciler;
 }
 
+/** A created container to enforce: its id, its init's pid, its env, and what to do when rules are not to be had. */
+export interface CreatedContainer {
+  id: string;
+  pid: number;
+  env: string[];
+  /** `deny`: deny-all (built-in templates) when the rules cannot be built; `error`: report the failure. */
+  onFailure: "deny" | "error";
+}
+
+/** Build (or deny-all), apply and adopt; the adopted report, or why not. */
+export async function enforceCreated(
+  deps: GateEnforceDeps & { applier: Applier },
+  c: CreatedContainer,
+  signal: AbortSignal,
+): Promise<{ report: GateApplied } | { error: string; status: number }> {
+  const intent = containerIntent(c.env, deps.config.policy);
+  if (!intent.enabled) return { error: "container does not opt in", status: 400 };
+  // The pid must be the container's (its cgroup names the id): never apply to an arbitrary process.
+  const cgroup = await Deno.readTextFile(`/proc/${c.pid}/cgroup`).catch(() => "");
+  if (!cgroup.includes(c.id)) {
+    return { error: `pid ${c.pid} is not in container ${c.id.slice(0, 12)}`, status: 400 };
+  }
+  const deadline = AbortSignal.any([signal, AbortSignal.timeout(5000)]);
+  const want = { id: c.id, name: c.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+  let rules: { rendered: RenderedRules; hash: string; acls: string[]; policy: Policy; ruleCount: number };
+  let denied = false;
+  try {
+    rules = await buildRules(deps, want, deadline);
+  } catch (err) {
+    if (c.onFailure !== "deny") return { error: `no rules could be had: ${describeError(err)}`, status: 503 };
+    const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(denyPlan(deps.config, want));
+    rules = {
+      rendered,
+      hash: await rulesHash(rendered),
+      acls: [],
+      policy: "allowlist",
+      ruleCount: countRules(rendered),
+    };
+    denied = true;
+  }
+  try {
+    // Just created: nothing is in its namespace yet, so a failed family rolls back to empty tables.
+    await deps.applier.apply(
+      { id: c.id, name: want.name, pid: c.pid },
+      rules.rendered,
+      deadline,
+      EMPTY_RULES,
+    );
+  } catch (err) {
+    return { error: `rules could not be applied: ${describeError(err)}`, status: 500 };
+  }
+  const report: GateApplied = {
+    id: c.id,
+    hash: rules.hash,
+    acls: rules.acls,
+    policy: rules.policy,
+    ruleCount: rules.ruleCount,
+    denied,
+    pid: c.pid,
+  };
+  deps.reconciler.adopt(report, rules.rendered);
+  return { report };
+}
+
 /** The gate's fast path: build and apply the rules of a created container, and adopt them. */
 export async function gateEnforce(
   deps: GateEnforceDeps,
@@ -70,30 +136,12 @@ export async function gateEnforce(
   if (!deps.applier) {
     return Response.json({ error: "the daemon does not apply with nsenter" }, { status: 501 });
   }
-  const intent = containerIntent(b.env, deps.config.policy);
-  if (!intent.enabled) return Response.json({ error: "container does not opt in" }, { status: 400 });
-  // The pid must be the container's (its cgroup names the id): never apply to an arbitrary process.
-  const cgroup = await Deno.readTextFile(`/proc/${b.pid}/cgroup`).catch(() => "");
-  if (!cgroup.includes(b.id)) {
-    return Response.json({ error: `pid ${b.pid} is not in container ${b.id.slice(0, 12)}` }, { status: 400 });
-  }
-  const deadline = AbortSignal.any([signal, AbortSignal.timeout(5000)]);
-  try {
-    const want = { id: b.id, name: b.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
-    const built = await buildRules(deps, want, deadline);
-    await deps.applier.apply({ id: b.id, name: want.name, pid: b.pid }, built.rendered, deadline);
-    const report: GateApplied = {
-      id: b.id,
-      hash: built.hash,
-      acls: built.acls,
-      policy: built.policy,
-      ruleCount: built.ruleCount,
-      denied: false,
-      pid: b.pid,
-    };
-    deps.reconciler.adopt(report);
-    return Response.json(report);
-  } catch (err) {
-    return Response.json({ error: describeError(err) }, { status: 503 });
-  }
+  const out = await enforceCreated(
+    { ...deps, applier: deps.applier },
+    { id: b.id, pid: b.pid, env: b.env, onFailure: "error" },
+    signal,
+  );
+  return "report" in out
+    ? Response.json(out.report)
+    : Response.json({ error: out.error }, { status: out.status });
 }

@@ -21,6 +21,8 @@ import type { RuleChange } from "../rules/change.ts";
 import { type Metrics, recordDecision } from "./metrics.ts";
 import { backoffDelay } from "../util/async.ts";
 import { heldCaps } from "../apply/caps.ts";
+import { EMPTY_RULES } from "../apply/applier.ts";
+import type { RenderedRules } from "../render/renderer.ts";
 import { capRisk } from "../rules/isolation.ts";
 
 /** The Docker calls the loop makes. */
@@ -53,14 +55,20 @@ export class Reconciler {
   private readonly markedAt = new Map<string, number>();
   private idleWaiters: (() => void)[] = [];
   private closed = false;
+  /**
+   * Containers marked by a start event this daemon saw: their namespace is new, and nothing but the gate
+   * (whose write is adopted into `states`) has written to it.
+   */
+  private readonly fresh = new Set<string>();
   /** A drift pass is running: the next one is skipped rather than run beside it. */
   private resyncing = false;
 
   constructor(private readonly opts: ReconcileOptions) {}
 
   /** Mark one container for a (re)check; `at` (ms since epoch) starts its time-to-enforce clock. */
-  mark(id: string, at = Date.now()): void {
+  mark(id: string, at = Date.now(), fresh = false): void {
     if (this.closed) return;
+    if (fresh) this.fresh.add(id);
     if (!this.markedAt.has(id) || this.markedAt.get(id)! > at) this.markedAt.set(id, at);
     this.dirty.add(id);
     this.kick();
@@ -70,7 +78,7 @@ export class Reconciler {
    * Take over a container the runtime gate already enforced: its start event then finds the same hash
    * and applies nothing. A gate deny-all is adopted as "denied", so the real rules follow.
    */
-  adopt(g: GateApplied): void {
+  adopt(g: GateApplied, rendered?: RenderedRules): void {
     if (this.closed) return;
     const prev = this.states.get(g.id);
     if (prev && !prev.denied && prev.lastError === undefined && prev.hash === g.hash && prev.pid === g.pid) {
@@ -89,6 +97,7 @@ export class Reconciler {
       denied: g.denied,
       unfiltered: false,
       pid: g.pid,
+      applied: rendered,
       attempts: 0,
     });
     this.opts.metrics?.inc(
@@ -142,7 +151,8 @@ export class Reconciler {
           "Containers whose rules were changed by someone else",
         );
         this.opts.log.warn("rules drifted; re-applying", { container: s.name, id: s.id.slice(0, 12) });
-        this.states.set(s.id, { ...s, hash: undefined, savedHash: undefined });
+        // What is in the namespace is someone else's now: no rollback text, a save first.
+        this.states.set(s.id, { ...s, hash: undefined, savedHash: undefined, applied: undefined });
         this.mark(s.id);
       },
       concurrency: this.opts.concurrency,
@@ -168,6 +178,7 @@ export class Reconciler {
   /** Drop a container that stopped or was removed. */
   forget(id: string): void {
     this.states.delete(id);
+    this.fresh.delete(id);
     this.markedAt.delete(id);
     this.dirty.delete(id);
     const t = this.timers.get(id);
@@ -234,7 +245,9 @@ export class Reconciler {
     // die/start events, a dockerd restart) has a new one, whatever hash the old one held.
     const same = prev && (prev.pid === undefined || prev.pid === info.pid) ? prev : undefined;
     try {
-      const out = await enforce(this.opts, { info, previousHash: same?.hash, signal });
+      const fresh = this.fresh.delete(id) && !same;
+      const previousRules = same?.applied ?? (fresh ? EMPTY_RULES : undefined);
+      const out = await enforce(this.opts, { info, previousHash: same?.hash, previousRules, signal });
       for (const note of out.notes) log.warn("acl problem", { container: info.name, problem: note });
       if (out.status === "skipped") {
         this.forget(id);
@@ -246,7 +259,7 @@ export class Reconciler {
         this.logDecision(info, out, same, Math.round(performance.now() - started));
       }
       this.record(out.status, markedAt);
-      if (out.status !== "skipped" && out.status !== "refused") await this.baseline(info);
+      if (out.status !== "skipped" && out.status !== "refused") await this.baseline(info, out.readBack);
     } catch (err) {
       if (signal.aborted) return;
       await this.failed(id, info, err, same);
@@ -258,14 +271,12 @@ export class Reconciler {
    * after the decision is recorded, so it is not part of the time to enforce; still in this worker, so no
    * apply of the same container runs beside it.
    */
-  private async baseline(info: ContainerInfo): Promise<void> {
+  private async baseline(info: ContainerInfo, readBack?: RenderedRules): Promise<void> {
     const s = this.states.get(info.id);
     if (!s || s.savedHash) return;
     try {
-      const read = await this.opts.applier.read(
-        { id: info.id, name: info.name, pid: info.pid },
-        this.opts.signal,
-      );
+      const target = { id: info.id, name: info.name, pid: info.pid };
+      const read = readBack ?? await this.opts.applier.read(target, this.opts.signal);
       const hash = await savedHash(read);
       if (this.states.get(info.id) === s) this.states.set(info.id, { ...s, savedHash: hash });
     } catch (err) {

@@ -2,6 +2,7 @@
 import type { Policy } from "../config/config.ts";
 import type { ContainerInfo } from "../docker/types.ts";
 import type { EnforceOutcome } from "../apply/enforce.ts";
+import type { RenderedRules } from "../render/renderer.ts";
 
 /** What the loop remembers per enforced container (also what `/status` shows). */
 export interface ContainerState {
@@ -30,6 +31,11 @@ export interface ContainerState {
   pid?: number;
   /** Why it cannot be filtered (no network namespace of its own): then nothing is written for it. */
   refused?: string;
+  /**
+   * The text this daemon last wrote into the namespace (or saw the gate write through it): what a failed
+   * family is rolled back to. Unknown (undefined) after drift or when someone else wrote.
+   */
+  applied?: RenderedRules;
   /** Risky capabilities it holds (NET_RAW, NET_ADMIN, SYS_ADMIN): each a way around its rules. */
   caps?: string[];
   attempts: number;
@@ -89,6 +95,7 @@ export function settledState(
     unfiltered: false,
     pid: info.pid,
     caps,
+    applied: unchanged ? same?.applied : out.rendered,
     attempts: out.status === "denied" ? (same?.attempts ?? 0) + 1 : 0,
   };
 }

@@ -46,6 +46,8 @@ export interface StatusSource {
   gateApplied?(body: unknown): Response;
   /** The runtime gate's fast path: body {id, pid, env}; the daemon applies and adopts. */
   gateEnforce?(body: unknown): Promise<Response>;
+  /** The runtime shim's protocol (see gate_shim.ts): `prepare` before create, `enforce` after. */
+  shim?(what: "prepare" | "enforce", body: unknown): Promise<Response>;
 }
 
 /** The largest request body the gate endpoints read: a gate report or an env list, never more. */
@@ -85,7 +87,7 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
   const unix = listen.startsWith("unix://");
   const handler = async (req: Request): Promise<Response> => {
     const path = new URL(req.url).pathname;
-    if (unix && req.method === "POST" && path.startsWith("/v1/gate/")) {
+    if (unix && req.method === "POST" && (path.startsWith("/v1/gate/") || path.startsWith("/v1/shim/"))) {
       const body = await readJson(req);
       if (body === undefined) {
         return new Response(`bad JSON, or over ${MAX_BODY_BYTES} bytes\n`, { status: 400 });
@@ -93,6 +95,9 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
       if (path === "/v1/gate/render" && src.gateRender) return await src.gateRender(body);
       if (path === "/v1/gate/applied" && src.gateApplied) return src.gateApplied(body);
       if (path === "/v1/gate/enforce" && src.gateEnforce) return await src.gateEnforce(body);
+      if ((path === "/v1/shim/prepare" || path === "/v1/shim/enforce") && src.shim) {
+        return await src.shim(path === "/v1/shim/prepare" ? "prepare" : "enforce", body);
+      }
     }
     if (req.method !== "GET") return new Response("method not allowed\n", { status: 405 });
     if (path === "/healthz") return Response.json({ status: "ok", docker: src.report().docker });

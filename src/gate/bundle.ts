@@ -3,6 +3,7 @@
  * write the edited spec back in place (atomically) when a capability was dropped.
  */
 import { decideCaps, decideSpec, type OciSpec, specEnv, type SpecPolicy } from "./spec.ts";
+import { isHostNetns } from "../apply/netns.ts";
 
 /** What runtime.ts does next. */
 export interface BundleDecision {
@@ -22,19 +23,6 @@ function policyOf(env: Record<string, string | undefined>): SpecPolicy {
     allowNetAdmin: on(env.EGRESSTRATOR_GATE_ALLOW_NET_ADMIN),
     keepNetRaw: on(env.EGRESSTRATOR_GATE_KEEP_NET_RAW),
   };
-}
-
-/** Whether a namespace file is the host's: the one PID 1 (or the gate itself, run by containerd) is in. */
-function isHostNetns(path: string): boolean {
-  const ino = (p: string) => {
-    try {
-      return Deno.statSync(p).ino;
-    } catch {
-      return undefined;
-    }
-  };
-  const target = ino(path);
-  return target !== undefined && (target === ino("/proc/1/ns/net") || target === ino("/proc/self/ns/net"));
 }
 
 /** Write `value` as JSON to `path` through a temp file and a rename: runc never reads half a file. */

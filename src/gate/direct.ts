@@ -12,7 +12,7 @@ import { RuleCache } from "../rules/rule_cache.ts";
 import { buildRules, countRules, denyPlan } from "../render/build.ts";
 import { checkRendered, loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
 import { NsenterApplier } from "../apply/nsenter.ts";
-import { denoRunner, kernelHasIPv6 } from "../apply/applier.ts";
+import { denoRunner, EMPTY_RULES, kernelHasIPv6 } from "../apply/applier.ts";
 import { describeError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import type { ContainerInfo } from "../docker/types.ts";
@@ -108,7 +108,8 @@ export async function direct(
   try {
     const target = { id: inp.id, name: inp.id.slice(0, 12), pid: inp.pid };
     const applier = new NsenterApplier(denoRunner, { ipv6: kernelHasIPv6(), timeoutMs: 15_000 });
-    await applier.apply(target, rules.rendered, AbortSignal.timeout(15_000));
+    // Just created: nothing is in its namespace yet, so a failed family rolls back to empty tables.
+    await applier.apply(target, rules.rendered, AbortSignal.timeout(15_000), EMPTY_RULES);
   } catch (err) {
     return refuse(inp.env, inp.id, `rules could not be applied: ${describeError(err)}`);
   }

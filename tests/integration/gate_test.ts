@@ -552,6 +552,8 @@ async function gatedWithDaemon(
   assert.match((await verdicts(env, id, 1))[0], /^BLOCKED: /);
   const [line] = await env.gateLines(id);
   assert.deepEqual([line.decision, line.source], ["applied", "daemon"], JSON.stringify(line));
+  // The shim did it over the daemon's socket: no egresstrator process for this create.
+  assert.equal(line.via, "shim", JSON.stringify(line));
   return { id, short: id.slice(0, 12), line };
 }
 

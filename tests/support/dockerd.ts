@@ -21,6 +21,7 @@ import { DockerClient } from "../../src/docker/client.ts";
 import {
   BUSYBOX_IMAGE,
   removeObjects,
+  RUN_ID,
   runContainer,
   type RunOptions,
   TEST_LABEL,
@@ -187,6 +188,9 @@ async function deleteLink(name: string): Promise<void> {
   await sh('ip link show "$1" >/dev/null 2>&1 && ip link del "$1"', [name]);
 }
 
+/** The comment on a private dockerd's host FORWARD rule; the run id follows it. */
+export const BRIDGE_COMMENT = "egresstrator-test private dockerd bridge";
+
 const FORWARD_RULE = (bridge: string) => [
   "FORWARD",
   "-i",
@@ -196,7 +200,7 @@ const FORWARD_RULE = (bridge: string) => [
   "-m",
   "comment",
   "--comment",
-  "egresstrator-test private dockerd bridge",
+  `${BRIDGE_COMMENT} ${RUN_ID}`,
   "-j",
   "ACCEPT",
 ];

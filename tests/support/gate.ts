@@ -14,8 +14,8 @@ export async function denoDir(): Promise<string> {
  * The gate installed as install.sh leaves it, in `<dir>/<name>/`: `egresstrator` (a stand-in for the
  * binary: a clean env, the env file `<dir>/gate.env`, then `deno run -A main.ts "$@"`) and beside it the
  * shim `egresstrator-runtime`, exactly as `egresstrator runtime-shim` prints it. Returns the shim's path,
- * which dockerd is given as the runtime. With `trace`, every runtime call first appends its arguments to
- * that file (the shim's copy gets that one line more).
+ * which dockerd is given as the runtime: the shipped file with the env file's path set in its first lines
+ * (and with `trace`, a line that appends every runtime call's arguments to that file).
  */
 export async function writeGateWrapper(
   dir: string,
@@ -32,8 +32,12 @@ export async function writeGateWrapper(
   ].join("\n");
   await Deno.writeTextFile(`${bin}/egresstrator`, script, { mode: 0o755 });
   const shim = `${bin}/egresstrator-runtime`;
-  let text = await Deno.readTextFile(`${REPO_ROOT}/packaging/egresstrator-runtime`);
-  if (opts.trace) text = text.replace("\n", `\necho "$*" >> '${opts.trace}'\n`);
+  // dockerd's env does not name the test's env file: the copy sets it, as /etc/default/egresstrator is for
+  // an installed shim. Nothing else differs from the shipped file.
+  const head = [`EGRESSTRATOR_ENV_FILE='${dir}/gate.env'; export EGRESSTRATOR_ENV_FILE`];
+  if (opts.trace) head.push(`echo "$*" >> '${opts.trace}'`);
+  const shipped = await Deno.readTextFile(`${REPO_ROOT}/packaging/egresstrator-runtime`);
+  const text = shipped.replace("\n", `\n${head.join("\n")}\n`);
   await Deno.writeTextFile(shim, text, { mode: 0o755 });
   return shim;
 }

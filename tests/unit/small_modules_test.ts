@@ -100,14 +100,25 @@ Deno.test("applyPayload chunks big texts; the script saves ipv4 before any write
   assert.equal(Object.keys(env).length, 5, "three ipv4 chunks, one ipv6, and the raw table");
   assert.equal(env.EGTRAW, RAW_TEXT);
   assert.equal(env.EGT4_0 + env.EGT4_1 + env.EGT4_2, big);
+  // Without a known previous text: a save of ipv4 first, then one restore per family, no --test, no read.
   const lines = script.split("\n");
-  assert.equal(lines.length, 3, "one save and one restore per family: no --test runs, no read-back");
-  assert.match(lines[0], /^old4=\$\(iptables-save -t filter\)/);
-  assert.match(lines[1], /\| iptables-restore \|\|/);
-  assert.match(lines[2], /\| ip6tables-restore \|\| \{ printf '%s\\n' "\$old4" \| iptables-restore;/);
-  assert.ok(!script.includes("--test"));
+  assert.equal(lines.length, 3);
+  assert.match(lines[0], /^old4=\$\(iptables-save -t filter\) \|\| exit 5$/);
+  assert.match(lines[1], /\| iptables-restore -w 5 \|\|/);
+  assert.match(
+    lines[2],
+    /\| ip6tables-restore -w 5 \|\| \{ printf '%s\\n' "\$old4" \| iptables-restore -w 5;/,
+  );
+  assert.ok(!script.includes("--test") && !script.includes("-save -t raw"), "no --test runs, no read-back");
+  // With one: no save, the rollback text travels in the env.
+  const known = applyPayload({ ipv4: "a", ipv6: "b" }, true, { ipv4: "p4", ipv6: "p6" });
+  assert.ok(!known.script.includes("iptables-save"));
+  assert.equal(known.env.EGTP4_0, "p4");
+  assert.match(
+    known.script,
+    /"\$EGTP4_0"; printf '%s' "\$EGTRAW"; } \| iptables-restore -w 5; echo "egresstrator: ipv6/,
+  );
   assert.equal(applyPayload({ ipv4: "a", ipv6: "b" }, false).script.split("\n").length, 1, "IPv4 alone");
-  assert.match(script, /"\$EGT4_0" "\$EGT4_1" "\$EGT4_2"/);
 });
 
 Deno.test("normalizeSaved ignores comments, counters and blank lines; splitRead splits families", () => {
