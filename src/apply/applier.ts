@@ -167,12 +167,14 @@ export function kernelHasIPv6(exists: (path: string) => boolean = pathExists): b
   return exists("/proc/sys/net/ipv6/conf");
 }
 
+/** Only a path that is certainly not there counts as absent: any other error (permissions) is "there". */
 function pathExists(path: string): boolean {
   try {
     Deno.statSync(path);
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    // Fail closed: believing IPv6 absent when it is not would leave every container's IPv6 unfiltered.
+    return !(err instanceof Deno.errors.NotFound);
   }
 }
 

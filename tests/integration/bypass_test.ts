@@ -85,7 +85,7 @@ Deno.test("bypass: a --network host container is never applied to: set/clear exi
       const now = new Set(rules(after[k]).split("\n"));
       const gone = rules(before[k]).split("\n").filter((l) => docker(l) && !now.has(l));
       assert.deepEqual(gone, [], `lines gone from the host's ${k}`);
-      const ours = [...now].filter((l) => /egresstrator|10\.50\.128\.0\/24|--ctdir ORIGINAL/.test(l));
+      const ours = [...now].filter((l) => /egresstrator-dns|10\.50\.128\.0\/24|--ctdir ORIGINAL/.test(l));
       assert.deepEqual(ours, [], `egresstrator rules in the host's ${k}`);
     }
   } finally {

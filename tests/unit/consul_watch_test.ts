@@ -258,3 +258,21 @@ Deno.test("abortableSleep: waits, or resolves at abort without leaking the timer
   await p;
   await abortableSleep(60_000, ac.signal);
 });
+
+Deno.test("watch: a key rewritten in a tight loop does not become a tight loop (minimum interval)", async () => {
+  const ac = new AbortController();
+  let queries = 0;
+  let index = 1;
+  const done = watch<number>({
+    name: "tight",
+    // Every query answers at once with a new index: Consul's answer for a key rewritten all the time.
+    query: () => (queries++, Promise.resolve({ data: index, index: ++index })),
+    onChange: () => {},
+    signal: ac.signal,
+    minIntervalMs: 100,
+  });
+  await new Promise((r) => setTimeout(r, 550));
+  ac.abort();
+  await done;
+  assert.ok(queries >= 4 && queries <= 7, `${queries} queries in 550 ms with a 100 ms minimum interval`);
+});

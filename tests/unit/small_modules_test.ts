@@ -130,3 +130,26 @@ Deno.test("normalizeSaved ignores comments, counters and blank lines; splitRead 
   assert.notEqual(normalizeSaved(a), normalizeSaved(a.replace("ACCEPT\nCOMMIT", "DROP\nCOMMIT")));
   assert.deepEqual(splitRead("v4\n#--egresstrator-ipv6--\nv6\n"), { ipv4: "v4\n", ipv6: "v6\n" });
 });
+
+Deno.test("kernelHasIPv6: only a missing /proc/sys/net/ipv6 means no IPv6; an unreadable one fails closed", async () => {
+  const { kernelHasIPv6 } = await import("../../src/apply/applier.ts");
+  assert.equal(kernelHasIPv6(() => true), true);
+  assert.equal(kernelHasIPv6(() => false), false);
+  assert.equal(kernelHasIPv6(), true, "this machine has IPv6");
+  // Where /proc may not be read (a permission flag short of it), the answer is still "IPv6 is there".
+  const url = new URL("../../src/apply/applier.ts", import.meta.url).href;
+  const dir = await Deno.makeTempDir();
+  const script = `${dir}/probe.ts`;
+  await Deno.writeTextFile(
+    script,
+    `const m = await import(${JSON.stringify(url)}); console.log(m.kernelHasIPv6());\n`,
+  );
+  const repo = new URL("../../", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", `--allow-read=${repo},${dir}`, "--config", `${repo}deno.json`, script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  await Deno.remove(dir, { recursive: true });
+  assert.equal(new TextDecoder().decode(out.stdout).trim(), "true", new TextDecoder().decode(out.stderr));
+});
