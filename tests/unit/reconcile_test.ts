@@ -319,3 +319,18 @@ Deno.test("resync passes never overlap", async () => {
   await r.idle();
   await r.close();
 });
+
+Deno.test("a die and a start racing an apply: the new namespace gets its rules, not the old one's hash", async () => {
+  const { r, applier, byId } = setup([info("a", ON)]);
+  applier.delayMs = 40;
+  r.mark("a");
+  await new Promise((res) => setTimeout(res, 10)); // the first apply is in flight
+  r.forget("a"); // die
+  byId.set("a", { ...byId.get("a")!, pid: 777 }); // restarted: a new init, a new namespace
+  r.mark("a", Date.now(), true); // start
+  await r.idle();
+  assert.equal(applier.applied.length, 2, "applied again into the new namespace");
+  assert.equal(r.states.get("a")?.pid, 777);
+  assert.ok(applier.maxRunning === 1, "never two applies on one container at once");
+  await r.close();
+});
