@@ -23,10 +23,16 @@ export async function gateRender(deps: Parameters<typeof buildRules>[0], body: u
       status: 400,
     });
   }
-  const intent = containerIntent(b.env, deps.config.policy);
+  const intent = containerIntent(b.env, deps.config.policy, deps.config.audit);
   if (!intent.enabled) return Response.json({ error: "container does not opt in" }, { status: 400 });
   try {
-    const want = { id: b.id, name: b.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+    const want = {
+      id: b.id,
+      name: b.id.slice(0, 12),
+      acls: intent.acls,
+      policy: intent.policy,
+      audit: intent.audit,
+    };
     const built = await buildRules(deps, want, AbortSignal.any([signal, AbortSignal.timeout(5000)]));
     const { rendered, ...rest } = built;
     return Response.json({ ...rest, ipv4: rendered.ipv4, ipv6: rendered.ipv6 });
@@ -40,7 +46,8 @@ export function gateApplied(reconciler: Reconciler, body: unknown): Response {
   const b = body as Partial<GateApplied>;
   const ok = typeof b.id === "string" && typeof b.hash === "string" && isStrings(b.acls) &&
     (b.policy === "protect" || b.policy === "allowlist") && typeof b.ruleCount === "number" &&
-    typeof b.denied === "boolean" && (b.pid === undefined || (Number.isInteger(b.pid) && b.pid > 0));
+    typeof b.denied === "boolean" && (b.audit === undefined || typeof b.audit === "boolean") &&
+    (b.pid === undefined || (Number.isInteger(b.pid) && b.pid > 0));
   if (!ok) return Response.json({ error: "bad gate report" }, { status: 400 });
   reconciler.adopt(b as GateApplied);
   return new Response(null, { status: 204 });
@@ -70,7 +77,7 @@ export async function gateEnforce(
   if (!deps.applier) {
     return Response.json({ error: "the daemon does not apply with nsenter" }, { status: 501 });
   }
-  const intent = containerIntent(b.env, deps.config.policy);
+  const intent = containerIntent(b.env, deps.config.policy, deps.config.audit);
   if (!intent.enabled) return Response.json({ error: "container does not opt in" }, { status: 400 });
   // The pid must be the container's (its cgroup names the id): never apply to an arbitrary process.
   const cgroup = await Deno.readTextFile(`/proc/${b.pid}/cgroup`).catch(() => "");
@@ -79,7 +86,13 @@ export async function gateEnforce(
   }
   const deadline = AbortSignal.any([signal, AbortSignal.timeout(5000)]);
   try {
-    const want = { id: b.id, name: b.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+    const want = {
+      id: b.id,
+      name: b.id.slice(0, 12),
+      acls: intent.acls,
+      policy: intent.policy,
+      audit: intent.audit,
+    };
     const built = await buildRules(deps, want, deadline);
     await deps.applier.apply({ id: b.id, name: want.name, pid: b.pid }, built.rendered, deadline);
     const report: GateApplied = {
@@ -87,6 +100,7 @@ export async function gateEnforce(
       hash: built.hash,
       acls: built.acls,
       policy: built.policy,
+      audit: built.audit,
       ruleCount: built.ruleCount,
       denied: false,
       pid: b.pid,
