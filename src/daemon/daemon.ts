@@ -19,6 +19,7 @@ import { VERSION } from "../version.ts";
 import { followEvents } from "./events.ts";
 import { statusSource } from "./status_source.ts";
 import { gateApplied, gateEnforce, gateRender } from "./gate_api.ts";
+import { type DenyWatch, startDenyWatch } from "./deny_watch.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {
@@ -57,6 +58,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
       pruneWatches();
     },
   });
+  // Started once the loop exists (it reads the loop's states); the loop's reads feed it from then on.
+  const deny: { watch?: DenyWatch } = {};
   const reconciler: Reconciler = new Reconciler({
     applier,
     rules,
@@ -68,6 +71,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     concurrency: config.concurrency,
     signal: new AbortController().signal,
     metrics,
+    onTablesRead: (s, read) =>
+      deny.watch?.log.counters({ id: s.id, name: s.name, epoch: s.lastApplied }, read),
   });
   const pruneWatches = () => {
     const snapshot = rules.current();
@@ -90,7 +95,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   if (!applier.ipv6) {
     log.warn("this kernel has no IPv6 (/proc/sys/net/ipv6 is absent): applying IPv4 rules only");
   }
-  const source = statusSource({ fixed, reconciler, rules, metrics, state });
+  const source = statusSource({ fixed, reconciler, rules, metrics, state, deny: () => deny.watch?.log });
   source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
   source.gateApplied = (body) => gateApplied(reconciler, body);
   const gateDeps = {
@@ -102,6 +107,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   };
   source.gateEnforce = (body) => gateEnforce(gateDeps, body, signal);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
+  // After the status server: a daemon that cannot start must not leave the host sysctl changed.
+  deny.watch = await startDenyWatch({ config, log, metrics, reconciler, rules, applier });
   rules.start();
   const resync = config.resyncIntervalMs > 0
     ? setInterval(() => void reconciler.resync().then(pruneWatches), config.resyncIntervalMs)
@@ -127,6 +134,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
       log.info("shutting down: finishing in-flight applies");
       clearInterval(resync);
       await reconciler.close();
+      await deny.watch?.close();
       await status?.finished;
       docker.close();
       ctx.close();
