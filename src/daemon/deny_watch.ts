@@ -102,7 +102,14 @@ export async function startDenyWatch(d: DenyWatchDeps): Promise<DenyWatch | unde
     path: d.kmsgPath,
     signal: stop.signal,
     log: d.log,
-    onMessage: (m) => denyLog.message(m),
+    onMessage: (m) => {
+      try {
+        denyLog.message(m);
+      } catch (err) {
+        // A line must never stop the reader (it is built not to throw; this is the belt to those braces).
+        d.log.debug("kernel log line not handled", { error: describeError(err) });
+      }
+    },
     onLost: () =>
       d.metrics.inc("egresstrator_kmsg_lost_total", "Times kernel log records were overwritten before read"),
   });

@@ -19,6 +19,13 @@ import { Metrics } from "../../src/daemon/metrics.ts";
 import { createLogger, type LogFields } from "../../src/log.ts";
 import { containerIntent } from "../../src/rules/intent.ts";
 import { enableNfLogAllNetns } from "../../src/daemon/nf_log_sysctl.ts";
+import { gateRender } from "../../src/daemon/gate_api.ts";
+import { loadTemplates, Renderer } from "../../src/render/renderer.ts";
+import { snapshotFrom } from "../../src/rules/acl_source.ts";
+import { enforce } from "../../src/apply/enforce.ts";
+import { DEFAULTS } from "../../src/config/config.ts";
+import type { ContainerInfo } from "../../src/docker/types.ts";
+import { VERSION } from "../../src/version.ts";
 
 const ID = "3f2a9c1b7d4e" + "0".repeat(52);
 
@@ -372,4 +379,78 @@ Deno.test("nf_log_all_netns: set to 1 and put back; a 1 left by a crashed daemon
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+const renderer = new Renderer(await loadTemplates(), VERSION);
+const rules = {
+  get: () =>
+    Promise.resolve({
+      snapshot: snapshotFrom([{ key: "db", value: new TextEncoder().encode("10.50.129.0/24:tcp/5432") }]),
+      services: new Map(),
+      hasCatalog: true,
+      at: 0,
+    }),
+};
+const config = (audit: boolean) => ({
+  policy: "allowlist" as const,
+  dnsResolvers: [...DEFAULTS.dnsResolvers],
+  onError: "deny" as const,
+  audit,
+  denyLog: true,
+});
+
+Deno.test("audit: the gate's render and enforce (set, the daemon) honour EGRESSTRATOR_AUDIT and --audit", async () => {
+  const env = ["EGRESSTRATOR_ENABLE=1", "EGRESSTRATOR_ACL=db"];
+  const body = (extra: string[]) => ({ id: ID, env: [...env, ...extra] });
+  const render = async (audit: boolean, extra: string[]) => {
+    const res = await gateRender(
+      { rules, renderer: () => renderer, config: config(audit) },
+      body(extra),
+      AbortSignal.timeout(5000),
+    );
+    assert.equal(res.status, 200);
+    return await res.json() as { audit: boolean; ipv4: string };
+  };
+  const audited = await render(false, ["EGRESSTRATOR_AUDIT=1"]);
+  assert.equal(audited.audit, true);
+  assert.match(audited.ipv4, /^-A OUTPUT -j ACCEPT$/m);
+  assert.ok(audited.ipv4.includes(`--log-prefix "egt:3f2a9c1b7d4e:44cce26e:A "`));
+  assert.ok(!/-j (REJECT|DROP)/.test(audited.ipv4));
+  assert.equal((await render(true, [])).audit, true, "--audit");
+  const enforced = await render(true, ["EGRESSTRATOR_AUDIT=0"]);
+  assert.equal(enforced.audit, false, "the container's 0 wins over --audit");
+  assert.match(enforced.ipv4, /^-A OUTPUT -j REJECT --reject-with icmp-port-unreachable$/m);
+
+  const applied: string[] = [];
+  const applier = {
+    mode: "nsenter" as const,
+    ipv6: true,
+    apply: (_t: unknown, r: { ipv4: string }) => (applied.push(r.ipv4), Promise.resolve()),
+    read: () => Promise.reject(new Error("unused")),
+  };
+  const info = {
+    id: ID,
+    name: "web-1",
+    env: [...env, "EGRESSTRATOR_AUDIT=1"],
+    running: true,
+    pid: 4242,
+    networkMode: "bridge",
+  } as unknown as ContainerInfo;
+  const out = await enforce({ rules, renderer: () => renderer, config: config(false), applier }, {
+    info,
+    signal: AbortSignal.timeout(5000),
+  });
+  assert.equal(out.status, "applied");
+  assert.equal(out.status === "applied" && out.audit, true);
+  assert.match(applied[0], /^# AUDIT MODE/m);
+  // Deny-all, when the rules cannot be had, follows the container's mode.
+  const failing = { get: () => Promise.reject(new Error("consul down")) };
+  applied.length = 0;
+  const denied = await enforce({ rules: failing, renderer: () => renderer, config: config(false), applier }, {
+    info,
+    signal: AbortSignal.timeout(5000),
+  });
+  assert.equal(denied.status, "denied");
+  assert.ok(applied[0].includes(`--log-prefix "egt:3f2a9c1b7d4e:4f79b6cd:A "`), applied[0]);
+  assert.ok(!/-j (REJECT|DROP)/.test(applied[0]));
 });
