@@ -68,7 +68,7 @@ export async function openRuleContext(config: Config, signal?: AbortSignal): Pro
 export async function planFor(
   ctx: RuleContext,
   config: Config,
-  want: { acls: string[]; container?: ContainerRef; policy?: Policy },
+  want: { acls: string[]; container?: ContainerRef; policy?: Policy; audit?: boolean },
   signal?: AbortSignal,
 ): Promise<{ plan: RulePlan; snapshot: AclSnapshot }> {
   const { snapshot, services } = await new RuleCache(ctx.source, ctx.consul).get(signal);
@@ -80,6 +80,8 @@ export async function planFor(
     dnsResolvers: config.dnsResolvers,
     container: want.container,
     hasCatalog: ctx.source.hasCatalog,
+    audit: want.audit ?? config.audit,
+    denyLog: config.denyLog,
   });
   return { plan, snapshot };
 }

@@ -147,15 +147,16 @@ export const EMPTY_RULES: RenderedRules = { ipv4: CLEAR_TEXT, ipv6: CLEAR_TEXT }
 
 /**
  * Script that prints both families' filter and raw tables, separated by a marker line: what drift checks
- * compare, so a NOTRACK rule added in raw is drift as much as a flushed filter table.
+ * compare, so a NOTRACK rule added in raw is drift as much as a flushed filter table. The filter tables
+ * come with their rule counters (`-c`), which the deny log reads; {@link normalizeSaved} drops them.
  */
 export const READ_SCRIPT =
-  "iptables-save -t filter && iptables-save -t raw && echo '#--egresstrator-ipv6--' && " +
-  "ip6tables-save -t filter && ip6tables-save -t raw";
+  "iptables-save -c -t filter && iptables-save -t raw && echo '#--egresstrator-ipv6--' && " +
+  "ip6tables-save -c -t filter && ip6tables-save -t raw";
 
 /** {@link READ_SCRIPT}, or the IPv4 tables alone on a kernel without IPv6. */
 export function readScript(ipv6: boolean): string {
-  return ipv6 ? READ_SCRIPT : "iptables-save -t filter && iptables-save -t raw";
+  return ipv6 ? READ_SCRIPT : "iptables-save -c -t filter && iptables-save -t raw";
 }
 
 /**
@@ -181,7 +182,7 @@ function pathExists(path: string): boolean {
 /** Saved tables without comments, counters or blank lines: equal text means equal rules. */
 export function normalizeSaved(text: string): string {
   return text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"))
-    .map((l) => l.replace(/\s*\[\d+:\d+\]$/, "")).join("\n");
+    .map((l) => l.replace(/\s*\[\d+:\d+\]$/, "").replace(/^\[\d+:\d+\]\s+/, "")).join("\n");
 }
 
 /** Split {@link READ_SCRIPT}'s output. */

@@ -40,6 +40,8 @@ export type EnforceOutcome =
     status: "applied" | "unchanged" | "denied";
     acls: string[];
     policy: Policy;
+    /** Audit mode: the rules log what they would refuse and refuse nothing. */
+    audit: boolean;
     hash: string;
     ruleCount: number;
     /** The text now in the namespace (what was written, or found unchanged). */
@@ -89,14 +91,20 @@ async function applyIfChanged(
 /** Decide and apply for one container. Throws EnforceFailure; never anything else except on abort. */
 export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<EnforceOutcome> {
   const { info } = req;
-  const intent = containerIntent(info.env, deps.config.policy);
+  const intent = containerIntent(info.env, deps.config.policy, deps.config.audit);
   const notes = [...intent.problems];
   if (!info.running) return { status: "skipped", reason: "not running", notes };
   if (!req.aclsOverride && !intent.enabled) return { status: "skipped", reason: "not opted in", notes };
   // Only a container's own namespace is ever written: the host's tables, or another container's, never.
   const shared = namespaceProblem(info);
   if (shared) return { status: "refused", reason: shared, notes };
-  const want = { id: info.id, name: info.name, acls: req.aclsOverride ?? intent.acls, policy: intent.policy };
+  const want = {
+    id: info.id,
+    name: info.name,
+    acls: req.aclsOverride ?? intent.acls,
+    policy: intent.policy,
+    audit: intent.audit,
+  };
   let built: BuiltRules;
   try {
     built = await buildRules(deps, want, req.signal);
@@ -115,6 +123,7 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
       status,
       acls: want.acls,
       policy: want.policy,
+      audit: want.audit,
       hash,
       ruleCount: built.ruleCount,
       rendered: built.rendered,
@@ -137,14 +146,15 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
 async function failClosed(
   deps: EnforceDeps,
   req: EnforceRequest,
-  want: { acls: string[] },
+  want: { acls: string[]; audit: boolean },
   notes: string[],
   why: string,
   cause: unknown,
 ): Promise<EnforceOutcome> {
   const unfiltered = !req.previousHash;
   if (deps.config.onError !== "deny") throw new EnforceFailure(why, notes, { cause, unfiltered });
-  const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(denyPlan(deps.config, req.info));
+  const plan = denyPlan(deps.config, req.info, want.audit);
+  const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(plan);
   let applied;
   try {
     applied = await applyIfChanged(deps, req, rendered);
@@ -159,6 +169,7 @@ async function failClosed(
     status: "denied",
     acls: want.acls,
     policy: "allowlist",
+    audit: want.audit,
     hash: applied.hash,
     ruleCount: countRules(rendered),
     rendered,

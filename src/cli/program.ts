@@ -15,6 +15,7 @@ import { runtimeConfigCommand, shimText } from "./commands/runtime_config.ts";
 import type { Out } from "./commands/io.ts";
 import { renderCommand } from "./commands/render.ts";
 import { validateCommand } from "./commands/validate.ts";
+import { suggestCommand } from "./commands/suggest.ts";
 import { VERSION } from "../version.ts";
 
 /** What the CLI needs from its surroundings (main.ts passes the real ones). */
@@ -83,6 +84,17 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
   sub("status", "show what a running daemon enforces (from its --listen socket)")
     .option("--json", "print the daemon's /status JSON")
     .action(async (opts, cmd) => done(await statusCommand(await configFrom(cmd, io), opts, io)));
+
+  sub(
+    "suggest",
+    "print ACL lines that would let through what a container was refused lately (asks the daemon)",
+  )
+    .argument("<container>", "container id, id prefix or name (as the daemon's status shows it)")
+    .option("--no-services", "print addresses, never <tag>.<service> names from Consul's catalog")
+    .action(async (container, opts, cmd) => {
+      const config = await configFrom(cmd, io);
+      done(await suggestCommand(config, { container, services: opts.services }, io, io.signal));
+    });
 
   sub("runtime-config", "register the runtime gate in dockerd's daemon.json (or remove it)")
     .option("--daemon-json <file>", "dockerd's config file", "/etc/docker/daemon.json")

@@ -52,6 +52,10 @@ export interface Config {
   resyncIntervalMs: number;
   /** Let any Consul server answer watches (`?stale`), not only the leader. */
   consulStale: boolean;
+  /** Audit mode for containers that do not pick one themselves (EGRESSTRATOR_AUDIT). */
+  audit: boolean;
+  /** Log (and count) refused connections: LOG rules, the kernel log reader, the host sysctl. */
+  denyLog: boolean;
 }
 
 /** The default of an option, as its row in the options table writes it (the one place defaults live). */
@@ -102,6 +106,8 @@ export interface RawOptions {
   listen?: string;
   resyncInterval?: string;
   stale?: boolean | string;
+  audit?: boolean | string;
+  denyLog?: string;
 }
 
 function oneOf<T extends string>(
@@ -226,6 +232,8 @@ export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Re
       ? DEFAULTS.resyncIntervalMs
       : parseDurationOrOff("--resync-interval", raw.resyncInterval),
     consulStale: parseBool("--stale", raw.stale),
+    audit: parseBool("--audit", raw.audit),
+    denyLog: oneOf("--deny-log", raw.denyLog, ["on", "off"], optionDefault("denyLog")) === "on",
   };
   return deepFreeze(config);
 }

@@ -103,6 +103,23 @@ export const GLOBAL_OPTIONS: GlobalSpec[] = [
     choices: ["protect", "allowlist"],
   },
   {
+    key: "audit",
+    flags: "--audit",
+    env: "EGRESSTRATOR_AUDIT_ALL",
+    help:
+      "audit mode for every opted-in container: nothing is refused, what the rules would refuse is logged " +
+      "(a container's own EGRESSTRATOR_AUDIT=0 or 1 wins)",
+  },
+  {
+    key: "denyLog",
+    flags: "--deny-log <setting>",
+    env: "EGRESSTRATOR_DENY_LOG",
+    def: "on",
+    help: "log refused connections (rate-limited LOG rules read from /dev/kmsg; the daemon sets " +
+      "net.netfilter.nf_log_all_netns=1 while it runs)",
+    choices: ["on", "off"],
+  },
+  {
     key: "mode",
     flags: "-m, --mode <mode>",
     env: "EGRESSTRATOR_MODE",

@@ -20,6 +20,7 @@ import { followEvents } from "./events.ts";
 import { statusSource } from "./status_source.ts";
 import { gateApplied, gateEnforce, gateRender } from "./gate_api.ts";
 import { shimEnforce, shimPrepare } from "./gate_shim.ts";
+import { type DenyWatch, startDenyWatch } from "./deny_watch.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {
@@ -58,6 +59,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
       pruneWatches();
     },
   });
+  // Started once the loop exists (it reads the loop's states); the loop's reads feed it from then on.
+  const deny: { watch?: DenyWatch } = {};
   const reconciler: Reconciler = new Reconciler({
     applier,
     rules,
@@ -69,6 +72,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     concurrency: config.concurrency,
     signal: new AbortController().signal,
     metrics,
+    onTablesRead: (s, read) =>
+      deny.watch?.log.counters({ id: s.id, name: s.name, epoch: s.lastApplied }, read),
   });
   const pruneWatches = () => {
     const snapshot = rules.current();
@@ -91,7 +96,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   if (!applier.ipv6) {
     log.warn("this kernel has no IPv6 (/proc/sys/net/ipv6 is absent): applying IPv4 rules only");
   }
-  const source = statusSource({ fixed, reconciler, rules, metrics, state });
+  const source = statusSource({ fixed, reconciler, rules, metrics, state, deny: () => deny.watch?.log });
   source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
   source.gateApplied = (body) => gateApplied(reconciler, body);
   const gateDeps = {
@@ -106,6 +111,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   source.shim = (what, body) =>
     what === "prepare" ? Promise.resolve(shimPrepare(body)) : shimEnforce(gateDeps, body, signal);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
+  // After the status server: a daemon that cannot start must not leave the host sysctl changed.
+  deny.watch = await startDenyWatch({ config, log, metrics, reconciler, rules, applier });
   rules.start();
   const resync = config.resyncIntervalMs > 0
     ? setInterval(() => void reconciler.resync().then(pruneWatches), config.resyncIntervalMs)
@@ -131,6 +138,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
       log.info("shutting down: finishing in-flight applies");
       clearInterval(resync);
       await reconciler.close();
+      await deny.watch?.close();
       await status?.finished;
       docker.close();
       ctx.close();

@@ -4,6 +4,7 @@
  * holding NET_ADMIN, a manual `clear`), the container is marked for a fresh apply.
  */
 import type { Applier } from "../apply/applier.ts";
+import type { RenderedRules } from "../render/renderer.ts";
 import { savedHash } from "../apply/enforce.ts";
 import type { ContainerInfo } from "../docker/types.ts";
 import { describeError } from "../errors.ts";
@@ -22,6 +23,8 @@ export interface DriftDeps {
   applier: Pick<Applier, "read">;
   log: Logger;
   signal: AbortSignal;
+  /** Sees every table read (with counters): the deny log counts from them. */
+  onRead?(s: ContainerState, rules: RenderedRules): void;
 }
 
 /** One pass over the candidates; returns how many were repaired. */
@@ -45,5 +48,6 @@ async function isDrifted(d: DriftDeps, s: ContainerState): Promise<boolean> {
   // A new namespace is not drift: the start event (or the next full pass) handles it.
   if (!info.running || (s.pid !== undefined && info.pid !== s.pid)) return false;
   const now = await d.applier.read({ id: s.id, name: s.name, pid: info.pid }, d.signal);
+  d.onRead?.(s, now);
   return (await savedHash(now)) !== s.savedHash;
 }

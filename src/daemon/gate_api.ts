@@ -25,10 +25,16 @@ export async function gateRender(deps: Parameters<typeof buildRules>[0], body: u
       status: 400,
     });
   }
-  const intent = containerIntent(b.env, deps.config.policy);
+  const intent = containerIntent(b.env, deps.config.policy, deps.config.audit);
   if (!intent.enabled) return Response.json({ error: "container does not opt in" }, { status: 400 });
   try {
-    const want = { id: b.id, name: b.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+    const want = {
+      id: b.id,
+      name: b.id.slice(0, 12),
+      acls: intent.acls,
+      policy: intent.policy,
+      audit: intent.audit,
+    };
     const built = await buildRules(deps, want, AbortSignal.any([signal, AbortSignal.timeout(5000)]));
     const { rendered, ...rest } = built;
     return Response.json({ ...rest, ipv4: rendered.ipv4, ipv6: rendered.ipv6 });
@@ -42,7 +48,8 @@ export function gateApplied(reconciler: Reconciler, body: unknown): Response {
   const b = body as Partial<GateApplied>;
   const ok = typeof b.id === "string" && typeof b.hash === "string" && isStrings(b.acls) &&
     (b.policy === "protect" || b.policy === "allowlist") && typeof b.ruleCount === "number" &&
-    typeof b.denied === "boolean" && (b.pid === undefined || (Number.isInteger(b.pid) && b.pid > 0));
+    typeof b.denied === "boolean" && (b.audit === undefined || typeof b.audit === "boolean") &&
+    (b.pid === undefined || (Number.isInteger(b.pid) && b.pid > 0));
   if (!ok) return Response.json({ error: "bad gate report" }, { status: 400 });
   reconciler.adopt(b as GateApplied);
   return new Response(null, { status: 204 });
@@ -70,7 +77,7 @@ export async function enforceCreated(
   c: CreatedContainer,
   signal: AbortSignal,
 ): Promise<{ report: GateApplied } | { error: string; status: number }> {
-  const intent = containerIntent(c.env, deps.config.policy);
+  const intent = containerIntent(c.env, deps.config.policy, deps.config.audit);
   if (!intent.enabled) return { error: "container does not opt in", status: 400 };
   // The pid must be the container's (its cgroup names the id): never apply to an arbitrary process.
   const cgroup = await Deno.readTextFile(`/proc/${c.pid}/cgroup`).catch(() => "");
@@ -78,19 +85,35 @@ export async function enforceCreated(
     return { error: `pid ${c.pid} is not in container ${c.id.slice(0, 12)}`, status: 400 };
   }
   const deadline = AbortSignal.any([signal, AbortSignal.timeout(5000)]);
-  const want = { id: c.id, name: c.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
-  let rules: { rendered: RenderedRules; hash: string; acls: string[]; policy: Policy; ruleCount: number };
+  const want = {
+    id: c.id,
+    name: c.id.slice(0, 12),
+    acls: intent.acls,
+    policy: intent.policy,
+    audit: intent.audit,
+  };
+  let rules: {
+    rendered: RenderedRules;
+    hash: string;
+    acls: string[];
+    policy: Policy;
+    audit: boolean;
+    ruleCount: number;
+  };
   let denied = false;
   try {
     rules = await buildRules(deps, want, deadline);
   } catch (err) {
     if (c.onFailure !== "deny") return { error: `no rules could be had: ${describeError(err)}`, status: 503 };
-    const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(denyPlan(deps.config, want));
+    const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(
+      denyPlan(deps.config, want, want.audit),
+    );
     rules = {
       rendered,
       hash: await rulesHash(rendered),
       acls: [],
       policy: "allowlist",
+      audit: want.audit,
       ruleCount: countRules(rendered),
     };
     denied = true;
@@ -111,6 +134,7 @@ export async function enforceCreated(
     hash: rules.hash,
     acls: rules.acls,
     policy: rules.policy,
+    audit: rules.audit,
     ruleCount: rules.ruleCount,
     denied,
     pid: c.pid,

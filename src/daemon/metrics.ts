@@ -55,6 +55,11 @@ export class Metrics {
     f.hist!.set(key, h);
   }
 
+  /** Forget one series (a container that is gone), so series do not pile up with container churn. */
+  remove(name: string, labels: Labels = {}): void {
+    this.families.get(name)?.values.delete(labelText(labels));
+  }
+
   /** Current value of a counter or gauge (tests, status). */
   get(name: string, labels: Labels = {}): number {
     return this.families.get(name)?.values.get(labelText(labels))?.value ?? 0;

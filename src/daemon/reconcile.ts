@@ -14,6 +14,7 @@ import {
   savedHash,
 } from "../apply/enforce.ts";
 import { driftPass } from "./drift.ts";
+import type { RenderedRules } from "../render/renderer.ts";
 import { describeError, DockerError } from "../errors.ts";
 
 import { affectedBy, type Enforced } from "./affected.ts";
@@ -22,7 +23,6 @@ import { type Metrics, recordDecision } from "./metrics.ts";
 import { backoffDelay } from "../util/async.ts";
 import { heldCaps } from "../apply/caps.ts";
 import { EMPTY_RULES } from "../apply/applier.ts";
-import type { RenderedRules } from "../render/renderer.ts";
 import { capRisk } from "../rules/isolation.ts";
 
 /** The Docker calls the loop makes. */
@@ -43,6 +43,8 @@ export interface ReconcileOptions extends EnforceDeps {
   retryMinMs?: number;
   retryMaxMs?: number;
   metrics?: Metrics;
+  /** Sees every table read back (drift checks, baselines), counters included: the deny log's input. */
+  onTablesRead?(s: ContainerState, rules: RenderedRules): void;
 }
 
 /** The loop. */
@@ -89,6 +91,7 @@ export class Reconciler {
       name: prev?.name ?? g.id.slice(0, 12),
       acls: g.acls,
       policy: g.policy,
+      audit: g.audit ?? false,
       hash: g.hash,
       savedHash: g.savedHash,
       ruleCount: g.ruleCount,
@@ -160,6 +163,7 @@ export class Reconciler {
       applier: this.opts.applier,
       log: this.opts.log,
       signal: this.opts.signal,
+      onRead: this.opts.onTablesRead,
     });
   }
 
@@ -278,6 +282,7 @@ export class Reconciler {
       const target = { id: info.id, name: info.name, pid: info.pid };
       const read = readBack ?? await this.opts.applier.read(target, this.opts.signal);
       const hash = await savedHash(read);
+      this.opts.onTablesRead?.(s, read);
       if (this.states.get(info.id) === s) this.states.set(info.id, { ...s, savedHash: hash });
     } catch (err) {
       this.opts.log.debug("reading rules back failed", { container: info.name, error: describeError(err) });
@@ -303,6 +308,7 @@ export class Reconciler {
       id: info.id.slice(0, 12),
       acls: out.acls.join(","),
       policy: out.policy,
+      ...(out.audit ? { audit: true } : {}),
       rules: out.ruleCount,
       mode: this.opts.applier.mode,
       ms,

@@ -10,6 +10,8 @@ export interface ContainerState {
   name: string;
   acls: string[];
   policy: Policy;
+  /** Audit mode: its rules refuse nothing and log what they would refuse. */
+  audit?: boolean;
   hash?: string;
   /** Hash of the tables as read back after the last apply: what drift checks compare with. */
   savedHash?: string;
@@ -48,6 +50,8 @@ export interface GateApplied {
   savedHash?: string;
   acls: string[];
   policy: Policy;
+  /** Audit mode (absent: enforcing). */
+  audit?: boolean;
   ruleCount: number;
   denied: boolean;
   /** The init pid of the created container: the namespace the rules went into. */
@@ -83,6 +87,7 @@ export function settledState(
     name: info.name,
     acls: out.acls,
     policy: out.policy,
+    audit: out.audit,
     hash: out.hash,
     ruleCount: out.ruleCount,
     // A write needs a new drift baseline: read back after the decision, off the time to enforce.

@@ -1,7 +1,11 @@
-/** The daemon's status server: /healthz, /status (JSON) and /metrics (Prometheus), on a unix socket or TCP. */
+/**
+ * The daemon's status server: /healthz, /status (JSON), /metrics (Prometheus) and /v1/seen/<id> (what a
+ * container was refused lately), on a unix socket or TCP.
+ */
 import { dirname } from "node:path";
 import type { Logger } from "../log.ts";
 import { AppError, describeError } from "../errors.ts";
+import type { SeenEntry } from "./deny_log.ts";
 
 /** The JSON `/status` serves (and `egresstrator status` prints). */
 export interface StatusReport {
@@ -33,7 +37,22 @@ export interface StatusReport {
     refused?: string;
     /** Capabilities it holds that get around its rules. */
     caps?: string[];
+    /** Audit mode: nothing refused, would-be refusals logged. */
+    audit?: boolean;
+    /** NEW connections refused (audit: that would have been) since the daemon started. */
+    deniedCount?: number;
   }[];
+}
+
+/** What `GET /v1/seen/<id>` answers: what a container was refused lately (`suggest` reads it). */
+export interface SeenReport {
+  id: string;
+  name: string;
+  policy: string;
+  audit: boolean;
+  /** False with --deny-log off: nothing is remembered then. */
+  denyLog: boolean;
+  entries: SeenEntry[];
 }
 
 /** Where the server gets its answers. */
@@ -48,6 +67,8 @@ export interface StatusSource {
   gateEnforce?(body: unknown): Promise<Response>;
   /** The runtime shim's protocol (see gate_shim.ts): `prepare` before create, `enforce` after. */
   shim?(what: "prepare" | "enforce", body: unknown): Promise<Response>;
+  /** `GET /v1/seen/<full id>`: a {@link SeenReport}, or 404. */
+  seen?(id: string): Response;
 }
 
 /** The largest request body the gate endpoints read: a gate report or an env list, never more. */
@@ -102,10 +123,13 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
     if (req.method !== "GET") return new Response("method not allowed\n", { status: 405 });
     if (path === "/healthz") return Response.json({ status: "ok", docker: src.report().docker });
     if (path === "/status") return Response.json(src.report());
+    if (path.startsWith("/v1/seen/") && src.seen) return src.seen(path.slice("/v1/seen/".length));
     if (path === "/metrics") {
       return new Response(src.metrics(), { headers: { "content-type": "text/plain; version=0.0.4" } });
     }
-    return new Response("not found: try /healthz, /status or /metrics\n", { status: 404 });
+    return new Response("not found: try /healthz, /status, /metrics or /v1/seen/<container id>\n", {
+      status: 404,
+    });
   };
   let server: Deno.HttpServer;
   try {

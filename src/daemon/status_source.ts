@@ -4,6 +4,7 @@ import type { LiveRules } from "./live_rules.ts";
 import type { Metrics } from "./metrics.ts";
 import type { StatusReport, StatusSource } from "./status_server.ts";
 import { VERSION } from "../version.ts";
+import type { DenyLog } from "./deny_log.ts";
 
 /** What {@link statusSource} reads. */
 export interface StatusDeps {
@@ -13,7 +14,11 @@ export interface StatusDeps {
   rules: LiveRules;
   metrics: Metrics;
   state: { dockerConnected: boolean };
+  /** The deny log (undefined with --deny-log off, and until it has started). */
+  deny: () => DenyLog | undefined;
 }
+
+const FULL_ID = /^[0-9a-f]{64}$/;
 
 /** The status server's view of a running daemon. */
 export function statusSource(d: StatusDeps): StatusSource {
@@ -28,8 +33,20 @@ export function statusSource(d: StatusDeps): StatusSource {
       // Everything the loop remembers but its bookkeeping (drift baseline, retry count).
       containers: [...d.reconciler.states.values()].map((
         { savedHash: _saved, attempts: _attempts, ...row },
-      ) => row),
+      ) => ({ ...row, audit: row.audit ?? false, deniedCount: d.deny()?.total(row.id) ?? 0 })),
     }),
+    seen: (id) => {
+      const s = FULL_ID.test(id) ? d.reconciler.states.get(id) : undefined;
+      if (!s) return Response.json({ error: "no enforced container with that id" }, { status: 404 });
+      return Response.json({
+        id: s.id,
+        name: s.name,
+        policy: s.policy,
+        audit: s.audit ?? false,
+        denyLog: d.deny() !== undefined,
+        entries: d.deny()?.seen(s.id) ?? [],
+      });
+    },
     metrics: () => {
       d.metrics.set(
         "egresstrator_enforced_containers",

@@ -24,6 +24,7 @@ interface Rules {
   hash: string;
   acls: string[];
   policy: "protect" | "allowlist";
+  audit?: boolean;
   ruleCount: number;
 }
 
@@ -52,9 +53,15 @@ async function fromConsul(config: Config, inp: GateStartInput, timeoutMs: number
   const signal = AbortSignal.timeout(timeoutMs);
   const ctx = await openRuleContext(config, signal);
   try {
-    const intent = containerIntent(inp.containerEnv, config.policy);
+    const intent = containerIntent(inp.containerEnv, config.policy, config.audit);
     const deps = { rules: new RuleCache(ctx.source, ctx.consul), renderer: () => ctx.renderer, config };
-    const want = { id: inp.id, name: inp.id.slice(0, 12), acls: intent.acls, policy: intent.policy };
+    const want = {
+      id: inp.id,
+      name: inp.id.slice(0, 12),
+      acls: intent.acls,
+      policy: intent.policy,
+      audit: intent.audit,
+    };
     const built = await buildRules(deps, want, signal);
     return built;
   } finally {
@@ -62,15 +69,19 @@ async function fromConsul(config: Config, inp: GateStartInput, timeoutMs: number
   }
 }
 
-async function denyRules(config: Config, id: string): Promise<Rules> {
+async function denyRules(config: Config, id: string, containerEnv: string[]): Promise<Rules> {
   // Built-in templates only: the fail-closed set must not depend on a custom template working.
   const renderer = new Renderer(await loadTemplates(), VERSION);
-  const rendered = renderer.renderAll(denyPlan(config, { id, name: id.slice(0, 12) } as ContainerInfo));
+  const audit = containerIntent(containerEnv, config.policy, config.audit).audit;
+  const rendered = renderer.renderAll(
+    denyPlan(config, { id, name: id.slice(0, 12) } as ContainerInfo, audit),
+  );
   return {
     rendered,
     hash: await rulesHash(rendered),
     acls: [],
     policy: "allowlist",
+    audit,
     ruleCount: countRules(rendered),
   };
 }
@@ -102,7 +113,7 @@ export async function direct(
   const denied = !rules;
   if (!rules) {
     if (refuseOnFailure) return refuse(inp.env, inp.id, `no rules could be had (${errors.join("; ")})`);
-    rules = await denyRules(config, inp.id);
+    rules = await denyRules(config, inp.id, inp.containerEnv);
     source = "deny";
   }
   try {
@@ -119,6 +130,7 @@ export async function direct(
       hash: rules.hash,
       acls: rules.acls,
       policy: rules.policy,
+      audit: rules.audit ?? false,
       ruleCount: rules.ruleCount,
       denied,
       pid: inp.pid,

@@ -15,7 +15,8 @@ export interface BuildDeps {
   renderer: () => Renderer;
   /** Built-in templates only, for deny-all (default: `renderer()`). */
   denyRenderer?: Renderer;
-  config: Pick<Config, "policy" | "dnsResolvers" | "onError">;
+  /** `audit` and `denyLog` default to false and true. */
+  config: Pick<Config, "policy" | "dnsResolvers" | "onError"> & Partial<Pick<Config, "audit" | "denyLog">>;
 }
 
 /** Count the rules a text adds (lines starting with -A), both families. */
@@ -23,8 +24,15 @@ export function countRules(r: RenderedRules): number {
   return (r.ipv4.match(/^-A /gm)?.length ?? 0) + (r.ipv6.match(/^-A /gm)?.length ?? 0);
 }
 
-/** The deny-all set (allowlist with nothing allowed: loopback and DNS kept). */
-export function denyPlan(config: BuildDeps["config"], info: Pick<ContainerInfo, "id" | "name">): RulePlan {
+/**
+ * The deny-all set (allowlist with nothing allowed: loopback and DNS kept). An audit container gets it in
+ * audit form: logged, nothing refused, as its real rules would be.
+ */
+export function denyPlan(
+  config: BuildDeps["config"],
+  info: Pick<ContainerInfo, "id" | "name">,
+  audit = false,
+): RulePlan {
   return buildPlan({
     snapshot: snapshotFrom([]),
     acls: [],
@@ -33,6 +41,9 @@ export function denyPlan(config: BuildDeps["config"], info: Pick<ContainerInfo, 
     dnsResolvers: config.dnsResolvers,
     container: { id: info.id, name: info.name },
     hasCatalog: false,
+    audit,
+    denyLog: config.denyLog,
+    denyAll: true,
   });
 }
 
@@ -40,6 +51,7 @@ export function denyPlan(config: BuildDeps["config"], info: Pick<ContainerInfo, 
 export interface BuiltRules {
   acls: string[];
   policy: Policy;
+  audit: boolean;
   rendered: RenderedRules;
   hash: string;
   ruleCount: number;
@@ -53,6 +65,8 @@ export interface RulesWant {
   name: string;
   acls: string[];
   policy: Policy;
+  /** Audit mode (default false): nothing refused, would-be refusals logged. */
+  audit?: boolean;
 }
 
 /**
@@ -71,11 +85,21 @@ export async function buildRules(
     policy: want.policy,
     dnsResolvers: deps.config.dnsResolvers,
     container: { id: want.id, name: want.name },
+    audit: want.audit ?? false,
+    denyLog: deps.config.denyLog,
   });
   // Key problems are reported once per snapshot by the rule provider; only this container's own go here.
   const notes = plan.missing.map((m) => `ACL key "${m}" not found`);
   if (plan.unresolved.length > 0) throw new Error(`service lookup failed for ${plan.unresolved.join(", ")}`);
   const rendered = deps.renderer().renderAll(plan);
   const hash = await rulesHash(rendered);
-  return { acls: want.acls, policy: want.policy, rendered, hash, ruleCount: countRules(rendered), notes };
+  return {
+    acls: want.acls,
+    policy: want.policy,
+    audit: want.audit ?? false,
+    rendered,
+    hash,
+    ruleCount: countRules(rendered),
+    notes,
+  };
 }

@@ -8,6 +8,7 @@ import type { Family, Proto } from "../rules/grammar.ts";
 import type { Policy } from "../config/config.ts";
 import { TemplateError } from "../errors.ts";
 import { commentSafe } from "../util/text.ts";
+import { type LogChain, logChains, type LogContext } from "./deny_log.ts";
 
 /** A destination with its iptables match ready to print. */
 export interface TemplateDestination extends Destination {
@@ -19,6 +20,8 @@ export interface TemplateDestination extends Destination {
 export interface TemplateAcl {
   key: string;
   destinations: TemplateDestination[];
+  /** Under protect, for a protected key with destinations in this family: where its refusals are logged. */
+  log: LogChain | null;
 }
 
 /** The documented context every template receives as `it` (see README, "Template context"). */
@@ -32,8 +35,14 @@ export interface TemplateContext {
   allowed: TemplateAcl[];
   protected: TemplateAcl[];
   dnsResolvers: string[];
-  /** REJECT targets for this family: `REJECT --reject-with tcp-reset` and ICMP variants. */
+  /** REJECT targets for this family: `REJECT --reject-with tcp-reset` and ICMP variants (ACCEPT in audit). */
   reject: { tcp: string; udp: string; other: string };
+  /** The DNS guard's silent refusal: DROP (ACCEPT in audit). */
+  drop: string;
+  /** Audit mode: nothing is refused; `reject` and `drop` are ACCEPT, the log prefixes end in `A`. */
+  audit: boolean;
+  /** Where refusals are logged: jump to a chain with the NEW packets a rule is about to refuse. */
+  log: Omit<LogContext, "protected">;
 }
 
 /** The template sources: the two policies and the shared partials. */
@@ -71,19 +80,22 @@ export function portMatch(proto: Proto, from: number, to: number): string {
     : `-p ${proto} -m multiport --dports ${from}:${to}`;
 }
 
-function forFamily(acls: RulePlan["allowed"], family: Family): TemplateAcl[] {
-  return acls.map((a) => ({
+function forFamily(acls: RulePlan["allowed"], family: Family, logs?: (LogChain | null)[]): TemplateAcl[] {
+  return acls.map((a, i) => ({
     key: a.key,
     destinations: a.destinations.filter((d) => d.family === family).map((d) => ({
       ...d,
       match: portMatch(d.proto, d.ports.from, d.ports.to),
     })),
+    log: logs?.[i] ?? null,
   }));
 }
 
 /** The context a template gets for one family (also what `render --json` prints). */
 export function templateContext(plan: RulePlan, family: Family, version: string): TemplateContext {
   const icmp = family === "ipv4" ? "icmp-port-unreachable" : "icmp6-port-unreachable";
+  const { protected: protectedLogs, ...log } = logChains(plan, family);
+  const verdict = (target: string) => (plan.audit ? "ACCEPT" : target);
   return {
     version,
     family,
@@ -94,13 +106,16 @@ export function templateContext(plan: RulePlan, family: Family, version: string)
     acls: plan.acls.map((a) => commentSafe(a)),
     missing: plan.missing.map((m) => commentSafe(m)),
     allowed: forFamily(plan.allowed, family),
-    protected: forFamily(plan.protected, family),
+    protected: forFamily(plan.protected, family, protectedLogs),
     dnsResolvers: plan.dnsResolvers[family],
     reject: {
-      tcp: "REJECT --reject-with tcp-reset",
-      udp: `REJECT --reject-with ${icmp}`,
-      other: `REJECT --reject-with ${icmp}`,
+      tcp: verdict("REJECT --reject-with tcp-reset"),
+      udp: verdict(`REJECT --reject-with ${icmp}`),
+      other: verdict(`REJECT --reject-with ${icmp}`),
     },
+    drop: verdict("DROP"),
+    audit: plan.audit,
+    log,
   };
 }
 

@@ -1,4 +1,4 @@
-/** What a container asks for, from its env (pure): opt-in, ACL list and policy. */
+/** What a container asks for, from its env (pure): opt-in, ACL list, policy and audit mode. */
 import type { Policy } from "../config/config.ts";
 import { parseAclList } from "./plan.ts";
 import { keyProblem } from "./acl_source.ts";
@@ -9,6 +9,8 @@ export interface Intent {
   enabled: boolean;
   acls: string[];
   policy: Policy;
+  /** EGRESSTRATOR_AUDIT=1: log what the rules would refuse and refuse nothing (=0: enforce, whatever --audit). */
+  audit: boolean;
   /** Garbage env values, reported and otherwise ignored. */
   problems: string[];
 }
@@ -23,8 +25,11 @@ export function envMap(env: readonly string[]): Map<string, string> {
   return out;
 }
 
-/** Opt-in is `EGRESSTRATOR_ENABLE=1` exactly, as in the original tool. */
-export function containerIntent(env: readonly string[], defaultPolicy: Policy): Intent {
+/**
+ * Opt-in is `EGRESSTRATOR_ENABLE=1` exactly, as in the original tool. `defaultAudit` is `--audit`, for
+ * containers that do not set EGRESSTRATOR_AUDIT themselves.
+ */
+export function containerIntent(env: readonly string[], defaultPolicy: Policy, defaultAudit = false): Intent {
   const vars = envMap(env);
   const problems: string[] = [];
   const enable = vars.get("EGRESSTRATOR_ENABLE");
@@ -46,5 +51,13 @@ export function containerIntent(env: readonly string[], defaultPolicy: Policy): 
       `EGRESSTRATOR_POLICY="${commentSafe(p)}" is not protect or allowlist: using ${defaultPolicy}`,
     );
   }
-  return { enabled, acls, policy, problems };
+  let audit = defaultAudit;
+  const a = vars.get("EGRESSTRATOR_AUDIT");
+  if (a === "1" || a === "0") audit = a === "1";
+  else if (a !== undefined && a !== "") {
+    problems.push(
+      `EGRESSTRATOR_AUDIT="${commentSafe(a)}" is not 0 or 1: ${defaultAudit ? "audit" : "enforcing"}`,
+    );
+  }
+  return { enabled, acls, policy, audit, problems };
 }

@@ -49,6 +49,12 @@ export interface RulePlan {
   problems: RuleProblem[];
   /** Services whose lookup failed: the plan is incomplete and should not replace a good one. */
   unresolved: string[];
+  /** Audit mode: the same rules, but what they would refuse is logged and accepted. */
+  audit: boolean;
+  /** Refused (or, in audit mode, would-be refused) NEW connections are logged through rate-limited chains. */
+  denyLog: boolean;
+  /** The deny-all set (allowlist with nothing allowed), put in when the real rules cannot be had. */
+  denyAll: boolean;
 }
 
 /** Input of {@link buildPlan}. */
@@ -63,6 +69,12 @@ export interface PlanInput {
   hasCatalog: boolean;
   /** Report-only plans: services not looked up yet are skipped, not errors. */
   skipUnlooked?: boolean;
+  /** Audit mode (default false). */
+  audit?: boolean;
+  /** Log refused connections (default true). */
+  denyLog?: boolean;
+  /** This is the deny-all set (default false). */
+  denyAll?: boolean;
 }
 
 /** Split a comma list like EGRESSTRATOR_ACL: trimmed, empty entries dropped, duplicates removed. */
@@ -212,6 +224,9 @@ export function buildPlan(input: PlanInput): RulePlan {
     dnsResolvers: resolversByFamily(input.dnsResolvers),
     problems,
     unresolved: [...unresolved],
+    audit: input.audit ?? false,
+    denyLog: input.denyLog ?? true,
+    denyAll: input.denyAll ?? false,
   };
 }
 

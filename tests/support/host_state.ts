@@ -2,7 +2,8 @@
  * What the test suite must leave on the host as it found it: the main dockerd's `docker0` (a private dockerd
  * started with `--bridge=none` deletes it), the host's iptables and ip6tables filter tables (private
  * dockerds' networks insert FORWARD rules; the main dockerd writes rules for test networks) and
- * `/etc/docker/daemon.json` (the runtime gate's installer edits one).
+ * `/etc/docker/daemon.json` (the runtime gate's installer edits one), and `net.netfilter.nf_log_all_netns`
+ * (every daemon sets it while it runs, for the deny log, and must put it back).
  *
  * scripts/test.sh saves the state before `deno test` runs:
  *
@@ -40,6 +41,8 @@ export interface HostState {
   ip6tables: string[];
   /** The file's content; null when it does not exist. */
   daemonJson: string | null;
+  /** `net.netfilter.nf_log_all_netns` ("0" or "1"); null when the kernel has no such setting. */
+  nfLogAllNetns?: string | null;
 }
 
 const dec = new TextDecoder();
@@ -90,15 +93,23 @@ async function daemonJson(): Promise<string | null> {
   }
 }
 
+async function nfLogAllNetns(): Promise<string | null> {
+  return await Deno.readTextFile("/proc/sys/net/netfilter/nf_log_all_netns").then(
+    (t) => t.trim(),
+    () => null,
+  );
+}
+
 /** Read the host's state now. */
 export async function captureHostState(): Promise<HostState> {
-  const [d0, v4, v6, dj] = await Promise.all([
+  const [d0, v4, v6, dj, nf] = await Promise.all([
     docker0(),
     saveFilter("iptables-save"),
     saveFilter("ip6tables-save"),
     daemonJson(),
+    nfLogAllNetns(),
   ]);
-  return { docker0: d0, iptables: v4, ip6tables: v6, daemonJson: dj };
+  return { docker0: d0, iptables: v4, ip6tables: v6, daemonJson: dj, nfLogAllNetns: nf };
 }
 
 /** Lines of `a` not matched by a line of `b` (as multisets), in `a`'s order. */
@@ -149,6 +160,12 @@ export function diffHostState(before: HostState, after: HostState): string[] {
   out.push(...tableDiff("ip6tables -t filter", before.ip6tables, after.ip6tables));
   if (before.daemonJson !== after.daemonJson) {
     out.push(`${DAEMON_JSON}: was ${show(before.daemonJson)}, now ${show(after.daemonJson)}`);
+  }
+  // A state saved before this field existed has none: nothing to compare then.
+  if (before.nfLogAllNetns !== undefined && before.nfLogAllNetns !== after.nfLogAllNetns) {
+    out.push(
+      `net.netfilter.nf_log_all_netns: was ${show(before.nfLogAllNetns)}, now ${show(after.nfLogAllNetns)}`,
+    );
   }
   return out;
 }

@@ -183,6 +183,8 @@ Deno.test("cli: render --acl-dir prints the rules for a list", async () => {
     assert.ok(
       r.stdout.includes(
         "# protected: team/db\n" +
+          "-A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctstate NEW " +
+          "-j egt-log-k0\n" +
           "-A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctdir ORIGINAL " +
           "-j REJECT --reject-with icmp-port-unreachable\n" +
           "# allowed: web\nCOMMIT\n",
@@ -235,7 +237,22 @@ Deno.test("cli: render --json, --family ipv6, --family all", async () => {
         origin: "192.168.1.0/24:udp/1000-2000",
         match: "-p udp -m multiport --dports 1000:2000",
       }],
+      log: {
+        label: "team/db",
+        chain: "egt-log-k0",
+        // no container: a prefix no daemon maps back
+        prefix: "egt:-:9d2cbdbf:D ",
+        rule:
+          '-A egt-log-k0 -m limit --limit 5/sec --limit-burst 10 -j LOG --log-prefix "egt:-:9d2cbdbf:D " ' +
+          "--log-level 6",
+      },
     }]);
+    assert.equal(model.audit, false);
+    assert.deepEqual(model.log.chains.map((c: { label: string }) => c.label), [
+      "dns-guard",
+      "ntp",
+      "team/db",
+    ]);
 
     assert.equal(v6.code, 0, v6.stderr);
     assert.match(v6.stdout, /^# egresstrator 0\.3\.0: policy protect, ipv6$/m);

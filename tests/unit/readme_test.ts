@@ -20,10 +20,14 @@ Deno.test("README options table matches src/options_table.ts (regenerate: deno r
 
 Deno.test("README names every option's env var and every command", () => {
   for (const o of GLOBAL_OPTIONS) if (o.env) assert.ok(readme.includes(o.env), o.env);
-  for (const cmd of ["set", "clear", "render", "validate", "status", "runtime-config", "runtime"]) {
+  for (
+    const cmd of ["set", "clear", "render", "validate", "status", "suggest", "runtime-config", "runtime"]
+  ) {
     assert.ok(readme.includes(`egresstrator ${cmd}`), cmd);
   }
-  for (const env of ["EGRESSTRATOR_ENABLE", "EGRESSTRATOR_ACL", "EGRESSTRATOR_POLICY"]) {
+  for (
+    const env of ["EGRESSTRATOR_ENABLE", "EGRESSTRATOR_ACL", "EGRESSTRATOR_POLICY", "EGRESSTRATOR_AUDIT"]
+  ) {
     assert.ok(readme.includes(env));
   }
 });

@@ -137,14 +137,33 @@ const ND =
   )
     .join("");
 
-const guards = (family: Family, resolver: string) => {
+/** A log chain's rule for container CONTAINER (3f2a9c1b7d4e), as the guards partial prints it. */
+const logRule = (chain: string, tag: string) =>
+  `-A ${chain} -m limit --limit 5/sec --limit-burst 10 -j LOG --log-prefix "egt:3f2a9c1b7d4e:${tag}:D " --log-level 6\n`;
+
+/** The log chains of a text: allowlist's final reject (allowlist only), DNS guard, NTP, then protected keys. */
+const logChains = (chains: [string, string][]) =>
+  chains.map(([c]) => `:${c} - [0:0]\n`).join("") +
+  "# NEW connections about to be refused are logged, rate-limited, from these chains\n" +
+  chains.map(([c, t]) => logRule(c, t)).join("");
+
+/** Tags of the labels (FNV-1a of the name: literal here, so a change of the scheme shows). */
+const TAG = { allowlist: "44cce26e", dns: "deb7cf70", ntp: "2f74d03d", db: "571cc6c3" };
+
+const guards = (family: Family, resolver: string, policy: Policy) => {
   const icmp = family === "ipv4" ? "icmp-port-unreachable" : "icmp6-port-unreachable";
+  const chains: [string, string][] = [
+    ...(policy === "allowlist" ? [["egt-log-allow", TAG.allowlist] as [string, string]] : []),
+    ["egt-log-dns", TAG.dns],
+    ["egt-log-ntp", TAG.ntp],
+    ...(policy === "protect" ? [["egt-log-k0", TAG.db] as [string, string]] : []),
+  ];
   return `*filter
 :INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :egresstrator-dns - [0:0]
-# loopback is never filtered (Docker's embedded DNS lives there)
+${logChains(chains)}# loopback is never filtered (Docker's embedded DNS lives there)
 -A OUTPUT -o lo -j ACCEPT
 ${family === "ipv6" ? ND : ""}# a NEW tcp connection must start with SYN
 -A OUTPUT -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset
@@ -153,9 +172,11 @@ ${family === "ipv6" ? ND : ""}# a NEW tcp connection must start with SYN
 -A OUTPUT -p tcp -m tcp --dport 53 -j egresstrator-dns
 -A OUTPUT -p tcp -m tcp --dport 853 -j egresstrator-dns
 -A egresstrator-dns -d ${resolver} -j RETURN
+-A egresstrator-dns -m conntrack --ctstate NEW -j egt-log-dns
 -A egresstrator-dns -p tcp -j REJECT --reject-with tcp-reset
 -A egresstrator-dns -j DROP
 # no NTP
+-A OUTPUT -p udp -m udp --dport 123 -m conntrack --ctstate NEW -j egt-log-ntp
 -A OUTPUT -p udp -m udp --dport 123 -j REJECT --reject-with ${icmp}
 `;
 };
@@ -178,32 +199,39 @@ const ALLOWLIST_HEAD = `# replies on connections made to the container, and ICMP
 
 const EXPECTED: Record<string, string> = {
   "protect ipv4": header("protect", "ipv4", "web,gone", "gone") + PROTECT_LINE +
-    guards("ipv4", "10.0.0.2/32") +
+    guards("ipv4", "10.0.0.2/32", "protect") +
     `# protected: db
+-A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctstate NEW -j egt-log-k0
 -A OUTPUT -d 192.168.1.0/24 -p udp -m multiport --dports 1000:2000 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with icmp-port-unreachable
+-A OUTPUT -d 10.9.0.0/16 -p tcp -m multiport --dports 1:65535 -m conntrack --ctstate NEW -j egt-log-k0
 -A OUTPUT -d 10.9.0.0/16 -p tcp -m multiport --dports 1:65535 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset
 # allowed: web
 COMMIT
 `,
   "protect ipv6": header("protect", "ipv6", "web,gone", "gone") + PROTECT_LINE +
-    guards("ipv6", "fd00::53/128") +
+    guards("ipv6", "fd00::53/128", "protect") +
     `# protected: db
+-A OUTPUT -d fd00::/8 -p tcp -m tcp --dport 5432 -m conntrack --ctstate NEW -j egt-log-k0
 -A OUTPUT -d fd00::/8 -p tcp -m tcp --dport 5432 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset
 # allowed: web
 COMMIT
 `,
   "allowlist ipv4": header("allowlist", "ipv4", "web,gone", "gone") + ALLOWLIST_LINE +
-    guards("ipv4", "10.0.0.2/32") +
+    guards("ipv4", "10.0.0.2/32", "allowlist") +
     ALLOWLIST_HEAD + `# allowed: web
 -A OUTPUT -d 10.0.0.0/8 -p tcp -m tcp --dport 80 -j ACCEPT
+# everything else is logged and refused
+-A OUTPUT -m conntrack --ctstate NEW -j egt-log-allow
 -A OUTPUT -p tcp -j REJECT --reject-with tcp-reset
 -A OUTPUT -j REJECT --reject-with icmp-port-unreachable
 COMMIT
 `,
   "allowlist ipv6": header("allowlist", "ipv6", "web,gone", "gone") + ALLOWLIST_LINE +
-    guards("ipv6", "fd00::53/128") +
+    guards("ipv6", "fd00::53/128", "allowlist") +
     ALLOWLIST_HEAD + `# allowed: web
 -A OUTPUT -d 2001:db8::/32 -p tcp -m tcp --dport 443 -j ACCEPT
+# everything else is logged and refused
+-A OUTPUT -m conntrack --ctstate NEW -j egt-log-allow
 -A OUTPUT -p tcp -j REJECT --reject-with tcp-reset
 -A OUTPUT -j REJECT --reject-with icmp6-port-unreachable
 COMMIT
@@ -252,7 +280,7 @@ Deno.test("render: without a container or ACLs, and with no resolvers for a fami
   // no IPv6 resolver: DNS (udp, tcp, DoT) over IPv6 is all refused
   assert.match(
     v6,
-    /-A OUTPUT -p tcp -m tcp --dport 853 -j egresstrator-dns\n-A egresstrator-dns -p tcp -j REJECT --reject-with tcp-reset\n-A egresstrator-dns -j DROP\n/,
+    /-A OUTPUT -p tcp -m tcp --dport 853 -j egresstrator-dns\n-A egresstrator-dns -m conntrack --ctstate NEW -j egt-log-dns\n-A egresstrator-dns -p tcp -j REJECT --reject-with tcp-reset\n-A egresstrator-dns -j DROP\n/,
   );
   assert.match(v6, /# protected: db\n-A OUTPUT -d fd00::\/8 /);
   const allow = planFor({ policy: "allowlist", acls: [], dns: ["10.0.0.2"] });
@@ -426,6 +454,7 @@ Deno.test("render: the template context, field by field", () => {
         origin: "[2001:db8::]/32:tcp/443",
         match: "-p tcp -m tcp --dport 443",
       }],
+      log: null,
     }],
     protected: [{
       key: "db",
@@ -437,6 +466,7 @@ Deno.test("render: the template context, field by field", () => {
         origin: "[fd00::]/8:tcp/5432",
         match: "-p tcp -m tcp --dport 5432",
       }],
+      log: chain("db", "egt-log-k0", TAG.db),
     }],
     dnsResolvers: ["fd00::53/128"],
     reject: {
@@ -444,8 +474,76 @@ Deno.test("render: the template context, field by field", () => {
       udp: "REJECT --reject-with icmp6-port-unreachable",
       other: "REJECT --reject-with icmp6-port-unreachable",
     },
+    drop: "DROP",
+    audit: false,
+    log: {
+      chains: [
+        chain("dns-guard", "egt-log-dns", TAG.dns),
+        chain("ntp", "egt-log-ntp", TAG.ntp),
+        chain("db", "egt-log-k0", TAG.db),
+      ],
+      allowlist: null,
+      dnsGuard: chain("dns-guard", "egt-log-dns", TAG.dns),
+      ntp: chain("ntp", "egt-log-ntp", TAG.ntp),
+    },
   });
   assert.equal(templateContext(plan, "ipv4", "1").reject.udp, "REJECT --reject-with icmp-port-unreachable");
+});
+
+/** A log chain as the context has it, for container CONTAINER, enforcing. */
+function chain(label: string, name: string, tag: string) {
+  const prefix = `egt:3f2a9c1b7d4e:${tag}:D `;
+  return { label, chain: name, prefix, rule: logRule(name, tag).trimEnd() };
+}
+
+Deno.test("render: audit mode renders the same rules, every refusal an ACCEPT after its log jump", async () => {
+  const texts: { name: string; family: Family; text: string }[] = [];
+  for (const policy of ["protect", "allowlist"] as const) {
+    const enforcing = planFor({ policy, acls: ["web", "gone"], container: CONTAINER });
+    const plan = { ...enforcing, audit: true };
+    for (const family of ["ipv4", "ipv6"] as const) {
+      const text = renderer.render(plan, family);
+      const want = EXPECTED[`${policy} ${family}`]
+        .replace(
+          "# acls: web,gone\n# missing acls: gone\n",
+          "$&# AUDIT MODE: nothing is refused; every connection these rules would refuse is logged and accepted.\n",
+        )
+        .replace("about to be refused are logged", "about to be accepted in audit mode are logged")
+        .replace("everything else is logged and refused", "everything else is logged and accepted (audit)")
+        .replaceAll(/:D "/g, ':A "')
+        .replaceAll(/-j (REJECT --reject-with \S+|DROP)$/gm, "-j ACCEPT");
+      assert.equal(text, want, `${policy} ${family}`);
+      assert.ok(!/REJECT|DROP/.test(text.replace(/^#.*$/gm, "")), text);
+      texts.push({ name: `audit ${policy} ${family}`, family, text });
+    }
+  }
+  const ctx = templateContext(
+    { ...planFor({ policy: "allowlist", acls: [] }), audit: true },
+    "ipv4",
+    VERSION,
+  );
+  assert.deepEqual([ctx.audit, ctx.reject.tcp, ctx.reject.udp, ctx.drop], [
+    true,
+    "ACCEPT",
+    "ACCEPT",
+    "ACCEPT",
+  ]);
+  await assertKernelAccepts(texts);
+});
+
+Deno.test("render: --deny-log off renders no log chains and no jumps; deny-all logs as deny-all", async () => {
+  const off = { ...planFor({ policy: "protect", acls: ["web"], container: CONTAINER }), denyLog: false };
+  const text = renderer.render(off, "ipv4");
+  assert.ok(!text.includes("egt-log"), text);
+  assert.ok(!text.includes("LOG"), text);
+  const denyAll = { ...planFor({ policy: "allowlist", acls: [], container: CONTAINER }), denyAll: true };
+  const d4 = renderer.render(denyAll, "ipv4");
+  assert.ok(d4.includes(`--log-prefix "egt:3f2a9c1b7d4e:4f79b6cd:D "`), d4);
+  await assertKernelAccepts([{ name: "no log", family: "ipv4", text }, {
+    name: "deny-all",
+    family: "ipv4",
+    text: d4,
+  }]);
 });
 
 Deno.test("render: a custom template that throws, does not compile, or writes *nat names its file", async () => {
@@ -510,7 +608,13 @@ Deno.test("render: hostile ACL names and container names from a container env be
     for (const family of ["ipv4", "ipv6"] as const) {
       const text = renderer.render(plan, family);
       for (const line of text.split("\n")) {
-        assert.match(line, /^(#.*|\*filter|:[A-Za-z-]+ [A-Z-]+ \[0:0\]|-A [A-Za-z-]+ .*|COMMIT|)$/, line);
+        assert.match(
+          line,
+          /^(#.*|\*filter|:[A-Za-z0-9-]+ [A-Z-]+ \[0:0\]|-A [A-Za-z0-9-]+ .*|COMMIT|)$/,
+          line,
+        );
+        // A container id that is not Docker's hex never makes it into a log prefix.
+        if (line.includes("--log-prefix")) assert.match(line, /--log-prefix "egt:-:[0-9a-f]{8}:D "/, line);
       }
       assert.ok(text.includes("# container: app??nat abc?-F?def\n"), text);
       assert.ok(text.includes("# acls: web,a?-F,x?rm,??reboot?,?id?,b??COMMIT,c??nat,d?e\n"), text);

@@ -74,6 +74,18 @@ Deno.test("formatStatus prints a header and one row per container, sorted by nam
         lastError: "x",
       },
       {
+        id: "d".repeat(64),
+        name: "rollout",
+        acls: ["db"],
+        policy: "allowlist",
+        ruleCount: 9,
+        denied: false,
+        unfiltered: false,
+        audit: true,
+        deniedCount: 7,
+        lastApplied: "2026-01-01T00:00:00.000Z",
+      },
+      {
         id: "c".repeat(64),
         name: "zed",
         acls: ["db"],
@@ -86,11 +98,15 @@ Deno.test("formatStatus prints a header and one row per container, sorted by nam
     ],
   });
   const lines = text.trim().split("\n");
-  assert.match(lines[0], /3 watches, docker connected, 2 containers enforced, 1 UNFILTERED/);
+  assert.match(lines[0], /3 watches, docker connected, 3 containers enforced, 1 UNFILTERED/);
   assert.match(lines[1], /^CONTAINER\s+NAME/);
   assert.match(lines[2], /^aaaaaaaaaaaa\s+api\s+deny-all\s+-\s+4/);
-  assert.match(lines[3], /^bbbbbbbbbbbb\s+web\s+protect\s+db\s+12/);
-  assert.match(lines[4], /^cccccccccccc\s+zed\s+UNFILTERED\s+db\s+0\s.*deny-all failed too$/);
+  assert.match(lines[4], /^bbbbbbbbbbbb\s+web\s+protect\s+db\s+12/);
+  assert.match(
+    lines[3],
+    /^dddddddddddd\s+rollout\s+allowlist \(audit\)\s+db\s+9\s+-\s+2026-01-01T00:00:00\.000Z\s+7$/,
+  );
+  assert.match(lines[5], /^cccccccccccc\s+zed\s+UNFILTERED\s+db\s+0\s.*deny-all failed too$/);
 });
 
 Deno.test("applyPayload chunks big texts; the script saves ipv4 before any write and rolls it back", () => {
@@ -128,6 +144,8 @@ Deno.test("normalizeSaved ignores comments, counters and blank lines; splitRead 
     "# Generated at another time\n*filter\n:INPUT ACCEPT [0:0]\n\n-A OUTPUT -j ACCEPT\nCOMMIT\n# Completed\n";
   assert.equal(normalizeSaved(a), normalizeSaved(b));
   assert.notEqual(normalizeSaved(a), normalizeSaved(a.replace("ACCEPT\nCOMMIT", "DROP\nCOMMIT")));
+  // `iptables-save -c` (what drift checks read, for the deny log's counters) puts counters before rules.
+  assert.equal(normalizeSaved(a.replace("-A OUTPUT", "[1234:56789] -A OUTPUT")), normalizeSaved(b));
   assert.deepEqual(splitRead("v4\n#--egresstrator-ipv6--\nv6\n"), { ipv4: "v4\n", ipv6: "v6\n" });
 });
 

@@ -41,13 +41,13 @@ async function containerWant(
   try {
     const found = await resolveContainer(docker, ref, signal);
     const info = await docker.inspectContainer(found.id, signal);
-    const intent = containerIntent(info.env, config.policy);
+    const intent = containerIntent(info.env, config.policy, config.audit);
     for (const p of intent.problems) out.stderr(`${info.name}: ${p}\n`);
     if (!intent.enabled && rules === undefined) {
       out.stderr(`${info.name}: note: not opted in (EGRESSTRATOR_ENABLE=1); showing what it would get\n`);
     }
     const acls = rules !== undefined ? parseAclList(rules) : intent.acls;
-    return { acls, policy: intent.policy, container: { id: info.id, name: info.name } };
+    return { acls, policy: intent.policy, audit: intent.audit, container: { id: info.id, name: info.name } };
   } finally {
     docker.close();
   }

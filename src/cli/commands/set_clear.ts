@@ -101,9 +101,9 @@ export async function setCommand(config: Config, opts: TargetOptions, out: Out, 
             ? `deny-all applied (${r.error})`
             : `${r.ruleCount} rules applied`;
           out.stdout(
-            `${label(info)}: ${what}, acls ${
-              r.acls.join(",") || "(none)"
-            }, policy ${r.policy}, ${deps.applier.mode}, ${ms} ms\n`,
+            `${label(info)}: ${what}, acls ${r.acls.join(",") || "(none)"}, policy ${r.policy}${
+              r.audit ? " (audit: nothing refused)" : ""
+            }, ${deps.applier.mode}, ${ms} ms\n`,
           );
         }
       } catch (err) {

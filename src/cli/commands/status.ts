@@ -9,6 +9,12 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n") + "\n";
 }
 
+/** `allowlist`, `allowlist (gate)`, `allowlist (audit)`, `protect (gate, audit)`. */
+function policyText(c: StatusReport["containers"][number]): string {
+  const notes = [c.mode === "gate" ? "gate" : "", c.audit ? "audit" : ""].filter(Boolean);
+  return notes.length ? `${c.policy} (${notes.join(", ")})` : c.policy;
+}
+
 /** Format a report as the table `status` prints (pure). */
 export function formatStatus(r: StatusReport): string {
   const head =
@@ -20,24 +26,17 @@ export function formatStatus(r: StatusReport): string {
     `${r.containers.filter((c) => !c.unfiltered && !c.refused).length} containers enforced` +
     (r.unfiltered ? `, ${r.unfiltered} UNFILTERED` : "") + "\n";
   if (r.containers.length === 0) return head;
-  const rows = [["CONTAINER", "NAME", "POLICY", "ACLS", "RULES", "HASH", "LAST APPLIED", "ERROR"]];
+  const rows = [["CONTAINER", "NAME", "POLICY", "ACLS", "RULES", "HASH", "LAST APPLIED", "DENIED", "ERROR"]];
   for (const c of [...r.containers].sort((a, b) => a.name.localeCompare(b.name))) {
     rows.push([
       c.id.slice(0, 12),
       c.name,
-      c.refused
-        ? "NOT ENFORCEABLE"
-        : c.unfiltered
-        ? "UNFILTERED"
-        : c.denied
-        ? "deny-all"
-        : c.mode === "gate"
-        ? `${c.policy} (gate)`
-        : c.policy,
+      c.refused ? "NOT ENFORCEABLE" : c.unfiltered ? "UNFILTERED" : c.denied ? "deny-all" : policyText(c),
       c.acls.join(",") || "-",
       String(c.ruleCount),
       c.hash?.slice(0, 12) ?? "-",
       c.lastApplied ?? "-",
+      String(c.deniedCount ?? 0),
       [c.refused, c.lastError, c.caps?.length ? `holds ${c.caps.join(",")}` : ""].filter(Boolean).join("; "),
     ]);
   }
