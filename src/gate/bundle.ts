@@ -16,7 +16,7 @@ export interface BundleDecision {
 
 const on = (v: string | undefined) => /^(1|true|yes|on)$/i.test(v ?? "");
 
-function policyOf(env: Record<string, string | undefined>): SpecPolicy {
+export function policyOf(env: Record<string, string | undefined>): SpecPolicy {
   return {
     allowHostNetwork: on(env.EGRESSTRATOR_GATE_ALLOW_HOST_NETWORK),
     allowNetAdmin: on(env.EGRESSTRATOR_GATE_ALLOW_NET_ADMIN),
@@ -25,7 +25,7 @@ function policyOf(env: Record<string, string | undefined>): SpecPolicy {
 }
 
 /** Whether a namespace file is the host's: the one PID 1 (or the gate itself, run by containerd) is in. */
-function isHostNetns(path: string): boolean {
+export function isHostNetns(path: string): boolean {
   const ino = (p: string) => {
     try {
       return Deno.statSync(p).ino;
