@@ -2,7 +2,8 @@
  * What the test suite must leave on the host as it found it: the main dockerd's `docker0` (a private dockerd
  * started with `--bridge=none` deletes it), the host's iptables and ip6tables filter tables (private
  * dockerds' networks insert FORWARD rules; the main dockerd writes rules for test networks) and
- * `/etc/docker/daemon.json` (the runtime gate's installer edits one).
+ * `/etc/docker/daemon.json` (the runtime gate's installer edits one), and the top of `/sys/fs/cgroup`
+ * (systemd in a container that bind-mounts it creates directories there and remounts it read-only).
  *
  * scripts/test.sh saves the state before `deno test` runs:
  *
@@ -38,6 +39,8 @@ export interface HostState {
   ip6tables: string[];
   /** The file's content; null when it does not exist. */
   daemonJson: string | null;
+  /** The entries of /sys/fs/cgroup (`name/` a directory, `name@` a link) and its mount and super options. */
+  cgroupRoot?: string[];
 }
 
 const dec = new TextDecoder();
@@ -88,6 +91,15 @@ async function daemonJson(): Promise<string | null> {
   }
 }
 
+function cgroupRoot(): string[] {
+  const entries = [...Deno.readDirSync("/sys/fs/cgroup")]
+    .map((e) => `${e.name}${e.isSymlink ? "@" : e.isDirectory ? "/" : ""}`).sort();
+  const line = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
+    .find((l) => l.split(" ")[4] === "/sys/fs/cgroup");
+  const [mount, sb] = line ? line.split(" - ") : ["", ""];
+  return [...entries, `mount ${mount.split(" ")[5] ?? "-"}, super ${sb.split(" ")[2] ?? "-"}`];
+}
+
 /** Read the host's state now. */
 export async function captureHostState(): Promise<HostState> {
   const [d0, v4, v6, dj] = await Promise.all([
@@ -96,7 +108,7 @@ export async function captureHostState(): Promise<HostState> {
     saveFilter("ip6tables-save"),
     daemonJson(),
   ]);
-  return { docker0: d0, iptables: v4, ip6tables: v6, daemonJson: dj };
+  return { docker0: d0, iptables: v4, ip6tables: v6, daemonJson: dj, cgroupRoot: cgroupRoot() };
 }
 
 /** Lines of `a` not matched by a line of `b` (as multisets), in `a`'s order. */
@@ -137,6 +149,9 @@ export function diffHostState(before: HostState, after: HostState): string[] {
   out.push(...tableDiff("ip6tables -t filter", before.ip6tables, after.ip6tables));
   if (before.daemonJson !== after.daemonJson) {
     out.push(`${DAEMON_JSON}: was ${show(before.daemonJson)}, now ${show(after.daemonJson)}`);
+  }
+  if (before.cgroupRoot && show(before.cgroupRoot) !== show(after.cgroupRoot)) {
+    out.push(`/sys/fs/cgroup: was ${show(before.cgroupRoot)}, now ${show(after.cgroupRoot)}`);
   }
   return out;
 }
