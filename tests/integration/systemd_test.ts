@@ -7,10 +7,12 @@
  * and leaves no helper, and the journal has one line per decision.
  */
 import assert from "node:assert/strict";
-import { BUSYBOX_IMAGE, HELPER_IMAGE } from "../support/docker.ts";
+import { BUSYBOX_IMAGE, HELPER_IMAGE, requireImage, SYSTEMD_IMAGE } from "../support/docker.ts";
 import { waitFor } from "../support/egresstrator.ts";
 import { PLATFORM_BIN, standInRelease } from "../support/standin.ts";
 import { INSIDE, startSystemdMachine, type SystemdMachine } from "../support/systemd.ts";
+
+for (const image of [SYSTEMD_IMAGE, BUSYBOX_IMAGE, HELPER_IMAGE]) await requireImage(image);
 
 const UNIT = "egresstrator";
 
