@@ -30,6 +30,9 @@ Options:
                      containers then opt in to it with: docker run --runtime egresstrator ...
   --runtime-default  the same, and make it dockerd's default-runtime (every container goes through it)
   --daemon-json F    dockerd's config file (default: /etc/docker/daemon.json)
+  --podman-hook      install the gate as an OCI hook for Podman (alone, or with an install): every
+                     container Podman starts goes through `egresstrator hook`; only opted-in ones are touched
+  --hooks-dir DIR    where Podman reads hooks (default: /etc/containers/oci/hooks.d)
   --dry-run          download and verify, then print what would change; change nothing
   -h, --help         show this help
 
@@ -65,6 +68,8 @@ purge=0
 runtime=0
 runtime_default=0
 daemon_json=/etc/docker/daemon.json
+podman_hook=0
+hooks_dir=/etc/containers/oci/hooks.d
 dry_run=0
 
 while [ $# -gt 0 ]; do
@@ -79,7 +84,7 @@ while [ $# -gt 0 ]; do
       ;;
   esac
   case $1 in
-    --version | --from | --sha256 | --prefix | --systemd-dir | --env-file | --daemon-json)
+    --version | --from | --sha256 | --prefix | --systemd-dir | --env-file | --daemon-json | --hooks-dir)
       if [ $# -lt 2 ] || [ -z "$2" ]; then usage_die "$1 needs a value"; fi
       case $1 in
         --version) version=$2 ;;
@@ -89,6 +94,7 @@ while [ $# -gt 0 ]; do
         --systemd-dir) systemd_dir=$2 ;;
         --env-file) env_file=$2 ;;
         --daemon-json) daemon_json=$2 ;;
+        --hooks-dir) hooks_dir=$2 ;;
       esac
       shift 2
       ;;
@@ -97,6 +103,7 @@ while [ $# -gt 0 ]; do
     --purge) uninstall=1 && purge=1 && shift ;;
     --runtime) runtime=1 && shift ;;
     --runtime-default) runtime=1 && runtime_default=1 && shift ;;
+    --podman-hook) podman_hook=1 && shift ;;
     --dry-run) dry_run=1 && shift ;;
     -h | --help)
       usage
@@ -116,7 +123,7 @@ esac
 if [ "$uninstall" = 1 ] && { [ -n "$from" ] || [ -n "$version" ]; }; then
   usage_die "--uninstall takes no --from or --version"
 fi
-for p in "$prefix" "$systemd_dir" "$env_file" "$daemon_json"; do
+for p in "$prefix" "$systemd_dir" "$env_file" "$daemon_json" "$hooks_dir"; do
   case $p in
     /*) ;;
     *) usage_die "paths must be absolute: $p" ;;
@@ -130,6 +137,7 @@ prefix=${prefix%/}
 [ -n "$prefix" ] || prefix=/
 bin_path="${prefix%/}/bin/egresstrator"
 unit_path="${systemd_dir%/}/$UNIT_NAME"
+hook_path="${hooks_dir%/}/egresstrator.json"
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
@@ -253,7 +261,39 @@ runtime_config() {
     die "could not update $daemon_json (nothing else was changed)"
 }
 
-if [ "$runtime" = 1 ] && [ "$uninstall" = 1 ]; then usage_die "--runtime and --uninstall exclude each other"; fi
+# The Podman hook: a hooks.d file (OCI hooks schema 1.0.0) that runs `egresstrator hook` at createRuntime,
+# when the container's namespaces exist and its process has not started. "always": the opt-in is in the
+# container's env, which hooks.d cannot match on; the hook returns at once for everything else.
+podman_hook_install() {
+  printf '%s\n' \
+    '{' \
+    '  "version": "1.0.0",' \
+    '  "hook": {' \
+    "    \"path\": \"$bin_path\"," \
+    '    "args": ["egresstrator", "hook"],' \
+    "    \"env\": [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\", \"EGRESSTRATOR_ENV_FILE=$env_file\"]," \
+    '    "timeout": 30' \
+    '  },' \
+    '  "when": { "always": true },' \
+    '  "stages": ["createRuntime"]' \
+    '}' >"$1/hook.json" || die "cannot write the hook file"
+  install_file "$1/hook.json" "$hook_path" 644 "podman hook" || true
+}
+
+if { [ "$runtime" = 1 ] || [ "$podman_hook" = 1 ]; } && [ "$uninstall" = 1 ]; then
+  usage_die "--runtime/--podman-hook and --uninstall exclude each other"
+fi
+if [ "$podman_hook" = 1 ] && [ -z "$from" ] && [ -z "$version" ]; then
+  # Register only: the binary must be installed already.
+  [ -x "$bin_path" ] || die "$bin_path is not installed; install it first (or add --version / --from)"
+  hook_tmp=$(mktemp -d "${TMPDIR:-/tmp}/egresstrator-install.XXXXXX") || die "cannot create a temporary directory"
+  trap 'rm -rf "$hook_tmp"' EXIT
+  podman_hook_install "$hook_tmp"
+  if [ "$runtime" = 1 ]; then
+    if [ "$runtime_default" = 1 ]; then runtime_config --default; else runtime_config; fi
+  fi
+  exit 0
+fi
 if [ "$runtime" = 1 ] && [ -z "$from" ] && [ -z "$version" ]; then
   # Register only: the binary must be installed already.
   [ -x "$bin_path" ] || die "$bin_path is not installed; install it first (or add --version / --from)"
@@ -267,6 +307,7 @@ if [ "$uninstall" = 1 ]; then
   if [ -x "$bin_path" ] && [ -f "$daemon_json" ] && grep -q '"egresstrator"' "$daemon_json"; then
     runtime_config --remove
   fi
+  if [ -f "$hook_path" ] && grep -q '"egresstrator", "hook"' "$hook_path"; then remove_file "$hook_path" "podman hook"; fi
   if [ "$systemd" = 1 ] && [ -f "$unit_path" ] && manage_systemd; then
     if [ "$dry_run" = 1 ]; then
       say "would run: systemctl disable --now $UNIT_NAME"
@@ -415,6 +456,7 @@ fi
 if [ "$runtime" = 1 ]; then
   if [ "$runtime_default" = 1 ]; then runtime_config --default; else runtime_config; fi
 fi
+if [ "$podman_hook" = 1 ]; then podman_hook_install "$tmp"; fi
 
 if [ "$dry_run" = 1 ]; then
   say "dry run: nothing was changed"

@@ -3,7 +3,9 @@
  * The only place that reads Deno.args, prints errors and calls Deno.exit.
  *
  * Run as `egresstrator runtime <runc args>` (or installed under the name `egresstrator-runtime`) it is the
- * OCI runtime gate; that path loads none of the CLI, so passing calls on to runc stays cheap.
+ * OCI runtime gate; that path loads none of the CLI, so passing calls on to runc stays cheap. Run as
+ * `egresstrator hook` (an OCI createRuntime hook, e.g. in Podman's hooks.d) it reads the container's state
+ * on stdin and does the gate's work from inside the runtime, just as cheaply.
  */
 import { AppError, describeError } from "./src/errors.ts";
 import { processOut } from "./src/cli/commands/io.ts";
@@ -17,6 +19,11 @@ async function gate(): Promise<number> {
   const { runGate } = await import("./src/gate/runtime.ts");
   const argv = Deno.args[0] === "runtime" ? Deno.args.slice(1) : Deno.args;
   return await runGate(argv, Deno.env.toObject());
+}
+
+async function hook(): Promise<number> {
+  const { runHook } = await import("./src/gate/hook.ts");
+  return await runHook(await new Response(Deno.stdin.readable).text(), Deno.env.toObject());
 }
 
 async function cli(): Promise<number> {
@@ -40,4 +47,4 @@ async function cli(): Promise<number> {
   }
 }
 
-Deno.exit(await (isRuntime() ? gate() : cli()));
+Deno.exit(await (isRuntime() ? gate() : Deno.args[0] === "hook" ? hook() : cli()));

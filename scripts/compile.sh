@@ -27,27 +27,20 @@ usage_error() {
 }
 
 # Runtime permissions baked into the binary. `deno task start` (deno.json) must use the same list;
-# tests/integration/install_test.ts checks that they match.
-#   --allow-net    Consul's HTTP API and a tcp:// DOCKER_HOST; both addresses are runtime config.
-#   --allow-read   paths named at runtime (--acl-dir, --template, token/TLS files, the env file the runtime
-#                  gate reads, OCI bundles) and the unix sockets below (connecting needs read + write).
-#   --allow-write  /run and /var/run: the status server's socket (default /run/egresstrator/), Docker's
-#                  socket (/var/run/docker.sock; deno checks the literal path, so both spellings); /etc/docker:
-#                  `runtime-config` rewrites daemon.json. Nothing else is written.
-#   --allow-env    main.ts hands the whole environment to the config (Deno.env.toObject needs all of it).
-#   --allow-run    nsenter, and the runtime gate execs the host's runc (EGRESSTRATOR_RUNC or the first of
-#                  /usr/bin/runc, /usr/sbin/runc, ...). A list breaks that: deno resolves a listed name once,
-#                  to its real path, so `--allow-run=runc` still refused /usr/bin/runc (a symlink to
-#                  /usr/sbin/runc on Debian) and any runc off the startup PATH. A list would not contain
-#                  much either: nsenter, which must be allowed, runs any program as root.
-#   no --allow-sys: nothing calls Deno.hostname/osRelease/loadavg/... (checked by running every command).
-# shellcheck disable=SC2054 # commas separate paths inside one flag
+# tests/integration/install_test.ts checks that they match, and tests/integration/systemd_test.ts runs the
+# packaged unit with exactly these flags.
+#   --allow-all  and nothing narrower. Since Deno 1.43 anything under /proc, /sys and /dev (but /dev/null and
+#                the like) needs --allow-all, whatever --allow-read says, and egresstrator reads /proc where
+#                safety depends on it: /proc/sys/net/ipv6 (whether to write the IPv6 table; without it every
+#                container's IPv6 went unfiltered), /proc/<pid>/ns/net against /proc/1/ns/net (never write the
+#                host's tables), /proc/<pid>/status (which capabilities a container really holds). A narrower
+#                list made each of those checks fail quietly, and the status socket could not be created
+#                (Deno.umask needs --allow-sys). It contained nothing either: --allow-run must be unscoped
+#                (nsenter, and the host's runc wherever it is), and nsenter runs any program as root.
+#                What confines the daemon is the systemd unit (packaging/egresstrator.service: read-only
+#                file system but /run/egresstrator, a capability bounding set, namespaces, address families).
 permissions=(
-  --allow-net
-  --allow-read
-  --allow-write=/run,/var/run,/etc/docker
-  --allow-env
-  --allow-run
+  --allow-all
 )
 
 out_dir=""

@@ -3,14 +3,18 @@
 #
 # Ensures:
 #   * Debian packages: docker.io, iptables (iptables + ip6tables), busybox-static, debootstrap,
-#     iproute2, util-linux (nsenter), curl, ca-certificates   -- apt is only touched if one is missing;
+#     iproute2, util-linux (nsenter), curl, ca-certificates, and for the platform tests podman (with
+#     containernetworking-plugins and catatonit, for pods) and docker-compose
+#     -- apt is only touched if one is missing;
 #   * Consul 1.8.x (from Debian bullseye) at <repo>/.tools/consul/usr/bin/consul
 #     (.deb cached under <repo>/.tools/consul-apt/);
 #   * a running dockerd (started by hand, in the background, if nothing answers);
 #   * locally built test images (no registry needed):
 #       egresstrator-test/busybox:1  static busybox with all applets in /bin
 #       egresstrator-test/helper:1   debootstrap'ed bookworm minbase + iptables (nf_tables)
-#     The debootstrap result is cached in /var/cache/egresstrator-test/ so a re-import is fast.
+#       egresstrator-test/systemd:1  debootstrap'ed bookworm with systemd as PID 1, dbus, iptables and
+#                                    docker.io (tests/integration/systemd_test.ts runs the unit in it)
+#     The debootstrap results are cached in /var/cache/egresstrator-test/ so a re-import is fast.
 #
 # Environment overrides (all optional):
 #   EGRESSTRATOR_TOOLS_DIR       where consul/ and consul-apt/ live (default <repo>/.tools)
@@ -23,6 +27,7 @@ set -euo pipefail
 
 BUSYBOX_IMAGE="egresstrator-test/busybox:1"
 HELPER_IMAGE="egresstrator-test/helper:1"
+SYSTEMD_IMAGE="egresstrator-test/systemd:1"
 CONSUL_WANT_PREFIX="1.8." # Debian bullseye ships 1.8.7
 BUSYBOX_APPLETS=(sh nc wget nslookup sleep httpd ping)
 
@@ -88,7 +93,8 @@ pkg_installed() {
 }
 
 need_pkgs=()
-for p in iptables busybox-static debootstrap iproute2 util-linux curl ca-certificates; do
+for p in iptables busybox-static debootstrap iproute2 util-linux curl ca-certificates \
+  podman containernetworking-plugins catatonit docker-compose; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 # Any Docker engine will do (docker.io, docker-ce, ...); only install Debian's if none is there.
@@ -124,9 +130,15 @@ else
   note "packages" "all present"
 fi
 
-for c in iptables ip6tables iptables-restore ip6tables-restore ip nsenter curl debootstrap docker dockerd; do
+for c in iptables ip6tables iptables-restore ip6tables-restore ip nsenter curl debootstrap docker dockerd \
+  podman docker-compose; do
   command -v "$c" >/dev/null 2>&1 || die "'$c' not found on PATH after package installation (PATH=$PATH)"
 done
+# The Podman tests give their private service CNI networks of their own (bridge + host-local only).
+for plugin in bridge host-local; do
+  [[ -x "/usr/lib/cni/$plugin" ]] || die "/usr/lib/cni/$plugin missing (package containernetworking-plugins)"
+done
+note "podman" "$(podman --version 2>&1 | head -n1); $(docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /')"
 [[ -x /bin/busybox ]] || die "/bin/busybox missing (package busybox-static)"
 
 # iptables and ip6tables must actually talk to the kernel.
@@ -393,6 +405,88 @@ else
   verify_helper_image
   drop_replaced "$old_id"
   note "image" "$HELPER_IMAGE ($how)"
+fi
+
+# The systemd image: PID 1 systemd with its own dockerd, for systemd_test.ts. Built like the helper (a
+# debootstrap tarball cached under $cache_dir, then `docker import`), because there is no registry to pull
+# from. Units that cannot work or are pointless in a container (timers, getty, pstore) are not enabled;
+# the inner dockerd uses systemd's cgroup driver so its containers stay inside this container's cgroup.
+systemd_tarball="$cache_dir/systemd-bookworm-docker.tar.gz"
+SYSTEMD_PACKAGES="systemd,systemd-sysv,dbus,iptables,docker.io,procps"
+
+build_systemd_tarball() {
+  local target deb_log
+  deb_log="$cache_dir/debootstrap-systemd.log"
+  target="$(mktemp -d "$cache_dir/systemd-rootfs.XXXXXX")"
+  tmp_paths+=("$target")
+  chmod 755 "$target"
+  log "debootstrap bookworm (minbase + $SYSTEMD_PACKAGES) from $mirror; takes ~1 minute (log: $deb_log)"
+  if ! debootstrap --variant=minbase --include="$SYSTEMD_PACKAGES" bookworm "$target" "$mirror" >"$deb_log" 2>&1; then
+    tail -n 20 "$deb_log" >&2 || true
+    die "debootstrap of the systemd rootfs failed; see $deb_log"
+  fi
+  rm -rf "$target"/var/cache/apt/archives/*.deb "$target"/var/lib/apt/lists/* "$target"/usr/share/doc/* \
+    "$target"/usr/share/man/* "$target"/usr/share/locale/* 2>/dev/null || true
+  rm -f "$target"/etc/systemd/system/timers.target.wants/* "$target"/etc/systemd/system/getty.target.wants/* \
+    "$target"/etc/systemd/system/sysinit.target.wants/systemd-pstore.service \
+    "$target"/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service
+  mkdir -p "$target/etc/docker"
+  printf '{"exec-opts": ["native.cgroupdriver=systemd"]}\n' >"$target/etc/docker/daemon.json"
+  # A fresh machine id per container (systemd writes one when the file is empty).
+  : >"$target/etc/machine-id"
+  log "packing the systemd rootfs into $systemd_tarball"
+  tar --numeric-owner -C "$target" \
+    --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' --exclude='./run/*' \
+    -cf - . | gzip -1 >"$systemd_tarball.tmp" || die "packing the systemd rootfs failed"
+  mv -f "$systemd_tarball.tmp" "$systemd_tarball"
+  rm -rf -- "$target"
+}
+
+import_systemd_image() {
+  docker import --change 'CMD ["/sbin/init"]' --change 'ENV container=docker' \
+    --change "LABEL $IMAGE_LABEL=$SYSTEMD_IMAGE" "$systemd_tarball" "$SYSTEMD_IMAGE" >/dev/null
+}
+
+# The image must have what the test uses: systemd as init, dockerd, iptables, sha256sum for install.sh.
+verify_systemd_image() {
+  local out
+  if ! out="$(docker run --rm --network none --entrypoint /bin/sh "$SYSTEMD_IMAGE" -c \
+    'test -x /lib/systemd/systemd && command -v dockerd containerd runc iptables-restore nsenter sha256sum journalctl >/dev/null && echo ok' 2>&1)" ||
+    [[ "$out" != ok ]]; then
+    docker image rm -f "$SYSTEMD_IMAGE" >/dev/null 2>&1 || true
+    die "$SYSTEMD_IMAGE does not work: $out"
+  fi
+}
+
+state="$(image_state "$SYSTEMD_IMAGE")"
+if [[ "$state" == ours ]]; then
+  note "image" "$SYSTEMD_IMAGE (present)"
+else
+  old_id=""
+  if [[ "$state" == foreign ]]; then
+    log "$SYSTEMD_IMAGE exists but lacks label $IMAGE_LABEL=$SYSTEMD_IMAGE; rebuilding it"
+    old_id="$(docker image inspect --format '{{.Id}}' "$SYSTEMD_IMAGE" 2>/dev/null || true)"
+  fi
+  how="imported from cached $systemd_tarball"
+  if [[ ! -s "$systemd_tarball" ]]; then
+    build_systemd_tarball
+    how="built with debootstrap"
+  fi
+  log "importing $SYSTEMD_IMAGE"
+  if ! import_systemd_image; then
+    if [[ "$how" == imported* ]]; then
+      log "import of the cached tarball failed; rebuilding it"
+      rm -f "$systemd_tarball"
+      build_systemd_tarball
+      how="rebuilt with debootstrap"
+      import_systemd_image || die "docker import of $SYSTEMD_IMAGE failed"
+    else
+      die "docker import of $SYSTEMD_IMAGE failed"
+    fi
+  fi
+  verify_systemd_image
+  drop_replaced "$old_id"
+  note "image" "$SYSTEMD_IMAGE ($how)"
 fi
 
 # =============================================================================================

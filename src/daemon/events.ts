@@ -36,7 +36,9 @@ export async function followEvents({ docker, reconciler, log, signal, state }: F
       // Events since the last one seen cover the gap between listing and subscribing.
       const stream = docker.events({
         since,
-        filters: { type: ["container"], event: ["start", "die", "destroy"] },
+        // Podman's Docker API matches event filters on its own names ("died", "remove") and reports a
+        // removal as "remove": without them a stopped or removed Podman container was never forgotten.
+        filters: { type: ["container"], event: ["start", "die", "destroy", "died", "remove"] },
         signal,
         onBadLine: (_line, reason) => log.warn("bad event from docker", { reason }),
       });

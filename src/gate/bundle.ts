@@ -17,7 +17,7 @@ export interface BundleDecision {
 
 const on = (v: string | undefined) => /^(1|true|yes|on)$/i.test(v ?? "");
 
-function policyOf(env: Record<string, string | undefined>): SpecPolicy {
+export function policyOf(env: Record<string, string | undefined>): SpecPolicy {
   return {
     allowHostNetwork: on(env.EGRESSTRATOR_GATE_ALLOW_HOST_NETWORK),
     allowNetAdmin: on(env.EGRESSTRATOR_GATE_ALLOW_NET_ADMIN),

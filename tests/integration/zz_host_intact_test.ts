@@ -1,6 +1,7 @@
 /**
  * The suite leaves the host as it found it: `docker0`, the iptables and ip6tables filter tables,
- * /etc/docker/daemon.json and net.netfilter.nf_log_all_netns are compared with what scripts/test.sh saved before `deno test` started
+ * /etc/docker/daemon.json, net.netfilter.nf_log_all_netns and the top of /sys/fs/cgroup are compared with what
+ * scripts/test.sh saved before `deno test` started
  * (tests/support/host_state.ts).
  *
  * Named zz_ to run last: `deno test tests/` runs the files of a directory in path order, one after the other
@@ -35,7 +36,7 @@ async function testObjectsLeft(): Promise<string[]> {
   }
 }
 
-Deno.test("host: docker0, the iptables/ip6tables filter tables, daemon.json and nf_log_all_netns are as before the suite", async () => {
+Deno.test("host: docker0, the iptables/ip6tables filter tables, daemon.json, nf_log_all_netns and /sys/fs/cgroup are as before the suite", async () => {
   const file = Deno.env.get(HOST_BEFORE_ENV);
   if (!file) {
     throw new Error(

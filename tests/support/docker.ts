@@ -28,6 +28,9 @@ export const BUSYBOX_IMAGE: string = testEnvSetting("BUSYBOX_IMAGE");
 /** Debian with iptables, for `--mode helper -i`, built by scripts/test_env.sh. */
 export const HELPER_IMAGE: string = testEnvSetting("HELPER_IMAGE");
 
+/** Debian with systemd as PID 1 and its own dockerd, for systemd_test.ts, built by scripts/test_env.sh. */
+export const SYSTEMD_IMAGE: string = testEnvSetting("SYSTEMD_IMAGE");
+
 /** A client for the default socket (or DOCKER_HOST-like `host`). Close it when done. */
 export function docker(opts: DockerClientOptions = {}): DockerClient {
   return new DockerClient(opts);

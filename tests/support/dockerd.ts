@@ -133,7 +133,7 @@ async function logTail(path: string, lines = 30): Promise<string> {
 }
 
 /** Mount points at or under `dir`, deepest first (from /proc/self/mountinfo). */
-function mountsUnder(dir: string): string[] {
+export function mountsUnder(dir: string): string[] {
   const text = Deno.readTextFileSync("/proc/self/mountinfo");
   const points = text.split("\n").filter(Boolean).map((l) =>
     l.split(" ")[4].replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)))
@@ -184,7 +184,7 @@ async function createDefaultBridge(name: string): Promise<void> {
 }
 
 /** Delete a network interface if it exists. */
-async function deleteLink(name: string): Promise<void> {
+export async function deleteLink(name: string): Promise<void> {
   await sh('ip link show "$1" >/dev/null 2>&1 && ip link del "$1"', [name]);
 }
 
@@ -205,7 +205,11 @@ const FORWARD_RULE = (bridge: string) => [
   "ACCEPT",
 ];
 
-async function iptables(op: "-I" | "-D" | "-C", bridge: string): Promise<boolean> {
+/**
+ * Insert (`-I`), delete (`-D`) or check (`-C`) the host rule that lets a test bridge's own ports talk to
+ * each other: `-i <bridge> -o <bridge> -j ACCEPT` in FORWARD. Whether it was there (`-D`/`-C`).
+ */
+export async function bridgeForwardRule(op: "-I" | "-D" | "-C", bridge: string): Promise<boolean> {
   const rule = FORWARD_RULE(bridge);
   const args = op === "-I" ? ["-w", "-I", rule[0], "1", ...rule.slice(1)] : ["-w", op, ...rule];
   const res = await new Deno.Command("iptables", { args, stdout: "null", stderr: "piped" }).output();
@@ -327,7 +331,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
         for (let i = 0; i < 50 && left.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
       }
       for (const b of bridges) {
-        while (await iptables("-D", b)) { /* remove every copy */ }
+        while (await bridgeForwardRule("-D", b)) { /* remove every copy */ }
         await deleteLink(b);
       }
       if (ownsDefaultBridge) await deleteLink(defaultBridge);
@@ -355,7 +359,7 @@ export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Pro
     const bridge = `egt${crypto.randomUUID().slice(0, 8)}`;
     const net = await withDocker(host, (c) => createFreeNetwork(c, { name, second: 231, bridge }));
     bridges.add(bridge);
-    await iptables("-I", bridge);
+    await bridgeForwardRule("-I", bridge);
     return { id: net.id, name, subnet: net.subnet4, bridge };
   };
 

@@ -2,8 +2,10 @@
  * What the test suite must leave on the host as it found it: the main dockerd's `docker0` (a private dockerd
  * started with `--bridge=none` deletes it), the host's iptables and ip6tables filter tables (private
  * dockerds' networks insert FORWARD rules; the main dockerd writes rules for test networks) and
- * `/etc/docker/daemon.json` (the runtime gate's installer edits one), and `net.netfilter.nf_log_all_netns`
- * (every daemon sets it while it runs, for the deny log, and must put it back).
+ * `/etc/docker/daemon.json` (the runtime gate's installer edits one), `net.netfilter.nf_log_all_netns`
+ * (every daemon sets it while it runs, for the deny log, and must put it back), and the top of
+ * `/sys/fs/cgroup` (systemd in a container that bind-mounts it creates directories there and remounts it
+ * read-only).
  *
  * scripts/test.sh saves the state before `deno test` runs:
  *
@@ -43,6 +45,8 @@ export interface HostState {
   daemonJson: string | null;
   /** `net.netfilter.nf_log_all_netns` ("0" or "1"); null when the kernel has no such setting. */
   nfLogAllNetns?: string | null;
+  /** The entries of /sys/fs/cgroup (`name/` a directory, `name@` a link) and its mount and super options. */
+  cgroupRoot?: string[];
 }
 
 const dec = new TextDecoder();
@@ -100,6 +104,15 @@ async function nfLogAllNetns(): Promise<string | null> {
   );
 }
 
+function cgroupRoot(): string[] {
+  const entries = [...Deno.readDirSync("/sys/fs/cgroup")]
+    .map((e) => `${e.name}${e.isSymlink ? "@" : e.isDirectory ? "/" : ""}`).sort();
+  const line = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
+    .find((l) => l.split(" ")[4] === "/sys/fs/cgroup");
+  const [mount, sb] = line ? line.split(" - ") : ["", ""];
+  return [...entries, `mount ${mount.split(" ")[5] ?? "-"}, super ${sb.split(" ")[2] ?? "-"}`];
+}
+
 /** Read the host's state now. */
 export async function captureHostState(): Promise<HostState> {
   const [d0, v4, v6, dj, nf] = await Promise.all([
@@ -109,7 +122,14 @@ export async function captureHostState(): Promise<HostState> {
     daemonJson(),
     nfLogAllNetns(),
   ]);
-  return { docker0: d0, iptables: v4, ip6tables: v6, daemonJson: dj, nfLogAllNetns: nf };
+  return {
+    docker0: d0,
+    iptables: v4,
+    ip6tables: v6,
+    daemonJson: dj,
+    nfLogAllNetns: nf,
+    cgroupRoot: cgroupRoot(),
+  };
 }
 
 /** Lines of `a` not matched by a line of `b` (as multisets), in `a`'s order. */
@@ -166,6 +186,9 @@ export function diffHostState(before: HostState, after: HostState): string[] {
     out.push(
       `net.netfilter.nf_log_all_netns: was ${show(before.nfLogAllNetns)}, now ${show(after.nfLogAllNetns)}`,
     );
+  }
+  if (before.cgroupRoot && show(before.cgroupRoot) !== show(after.cgroupRoot)) {
+    out.push(`/sys/fs/cgroup: was ${show(before.cgroupRoot)}, now ${show(after.cgroupRoot)}`);
   }
   return out;
 }
