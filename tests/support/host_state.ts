@@ -15,7 +15,7 @@
  * runs after every other integration test and compares.
  */
 import { BRIDGE_COMMENT } from "./dockerd.ts";
-import { RUN_ID } from "./docker.ts";
+import { RUN_ID, TEST_LABEL } from "./docker.ts";
 
 /** The env var naming the file with the state saved before the suite. */
 export const HOST_BEFORE_ENV = "EGRESSTRATOR_TEST_HOST_BEFORE";
@@ -43,6 +43,11 @@ export interface HostState {
   ip6tables: string[];
   /** The file's content; null when it does not exist. */
   daemonJson: string | null;
+  /**
+   * Host bridges (`br-<12 hex>`) of test networks on the main dockerd that belong to another run of the
+   * suite (another engineer's, at the same time): Docker's rules for them come and go meanwhile.
+   */
+  foreignBridges?: string[];
   /** `net.netfilter.nf_log_all_netns` ("0" or "1"); null when the kernel has no such setting. */
   nfLogAllNetns?: string | null;
   /** The entries of /sys/fs/cgroup (`name/` a directory, `name@` a link) and its mount and super options. */
@@ -114,15 +119,29 @@ function cgroupRoot(): string[] {
 }
 
 /** Read the host's state now. */
+/** Bridges of labelled test networks on the main dockerd not of this run (at the snapshot: all of them). */
+async function foreignBridges(): Promise<string[]> {
+  const out = await new Deno.Command("docker", {
+    args: ["network", "ls", "--filter", `label=${TEST_LABEL}`, "--format", "{{.ID}} {{.Labels}}"],
+    stdout: "piped",
+    stderr: "null",
+  }).output().catch(() => undefined);
+  if (!out?.success) return [];
+  return dec.decode(out.stdout).split("\n").filter((l) => l && !l.includes(`${TEST_LABEL}=${RUN_ID}`))
+    .map((l) => `br-${l.split(" ")[0].slice(0, 12)}`);
+}
+
 export async function captureHostState(): Promise<HostState> {
-  const [d0, v4, v6, dj, nf] = await Promise.all([
+  const [d0, v4, v6, dj, nf, fb] = await Promise.all([
     docker0(),
     saveFilter("iptables-save"),
     saveFilter("ip6tables-save"),
     daemonJson(),
     nfLogAllNetns(),
+    foreignBridges(),
   ]);
   return {
+    foreignBridges: fb,
     docker0: d0,
     iptables: v4,
     ip6tables: v6,
@@ -151,9 +170,10 @@ function theirs(line: string): boolean {
   return line.includes(BRIDGE_COMMENT) && !line.includes(RUN_ID);
 }
 
-function tableDiff(name: string, allBefore: string[], allAfter: string[]): string[] {
-  const before = allBefore.filter((l) => !theirs(l));
-  const after = allAfter.filter((l) => !theirs(l));
+function tableDiff(name: string, allBefore: string[], allAfter: string[], foreign: string[] = []): string[] {
+  const mine = (l: string) => !theirs(l) && !foreign.some((b) => l.includes(b));
+  const before = allBefore.filter(mine);
+  const after = allAfter.filter(mine);
   if (JSON.stringify(before) === JSON.stringify(after)) return [];
   const gone = without(before, after);
   const added = without(after, before);
@@ -176,8 +196,9 @@ export function diffHostState(before: HostState, after: HostState): string[] {
   if (show(before.docker0) !== show(after.docker0)) {
     out.push(`docker0: was ${show(before.docker0)}, now ${show(after.docker0)}`);
   }
-  out.push(...tableDiff("iptables -t filter", before.iptables, after.iptables));
-  out.push(...tableDiff("ip6tables -t filter", before.ip6tables, after.ip6tables));
+  const foreign = [...(before.foreignBridges ?? []), ...(after.foreignBridges ?? [])];
+  out.push(...tableDiff("iptables -t filter", before.iptables, after.iptables, foreign));
+  out.push(...tableDiff("ip6tables -t filter", before.ip6tables, after.ip6tables, foreign));
   if (before.daemonJson !== after.daemonJson) {
     out.push(`${DAEMON_JSON}: was ${show(before.daemonJson)}, now ${show(after.daemonJson)}`);
   }
