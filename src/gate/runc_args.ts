@@ -37,22 +37,22 @@ export function containerId(rest: readonly string[]): string | undefined {
   return id;
 }
 
-/** `--bundle <dir>` / `-b <dir>` / `--bundle=<dir>` of `runc create`; runc's default is the current directory. */
-export function bundleDir(rest: readonly string[]): string | undefined {
+/** The value of `--<long> <v>`, `-<short> <v>` or `--<long>=<v>` in a command's arguments, if given. */
+function optionValue(rest: readonly string[], long: string, short: string): string | undefined {
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i];
-    if ((a === "--bundle" || a === "-b") && i + 1 < rest.length) return rest[i + 1];
-    if (a.startsWith("--bundle=")) return a.slice("--bundle=".length);
+    if ((a === long || a === short) && i + 1 < rest.length) return rest[i + 1];
+    if (a.startsWith(`${long}=`)) return a.slice(long.length + 1);
   }
   return undefined;
 }
 
+/** `--bundle <dir>` / `-b <dir>` / `--bundle=<dir>` of `runc create`; runc's default is the current directory. */
+export function bundleDir(rest: readonly string[]): string | undefined {
+  return optionValue(rest, "--bundle", "-b");
+}
+
 /** `--process <file>` / `-p <file>` / `--process=<file>` of `runc exec`, if given. */
 export function processFile(rest: readonly string[]): string | undefined {
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i];
-    if ((a === "--process" || a === "-p") && i + 1 < rest.length) return rest[i + 1];
-    if (a.startsWith("--process=")) return a.slice("--process=".length);
-  }
-  return undefined;
+  return optionValue(rest, "--process", "-p");
 }

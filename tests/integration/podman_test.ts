@@ -51,7 +51,7 @@ async function withPodman(opts: { images?: string[] }, fn: (env: PmEnv) => Promi
   const daemons: DaemonProc[] = [];
   const [p, c] = await Promise.allSettled([startPodman({ images: opts.images }), startConsul()]);
   const cleanup = async () => {
-    await Promise.all(daemons.map((d) => d.kill()));
+    await Promise.all(daemons.map((d) => d.stop("SIGTERM", 10_000)));
     const problems: string[] = [];
     if (p.status === "fulfilled") await p.value.stop().catch((e) => problems.push(e.message));
     if (c.status === "fulfilled") await c.value.stop();

@@ -67,7 +67,8 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
   const daemons: DaemonProc[] = [];
   const tmp = await Deno.makeTempDir({ prefix: "egt-live-" });
   const cleanup = async () => {
-    await Promise.all(daemons.map((p) => p.kill()));
+    // SIGTERM first: a daemon that stops puts back what it changed on the host (nf_log_all_netns).
+    await Promise.all(daemons.map((p) => p.stop("SIGTERM", 10_000)));
     const stopped = await d?.stop().then(() => undefined, (err: Error) => err);
     await consul?.stop();
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
