@@ -92,9 +92,16 @@ export interface FollowKmsgOptions {
   onLost?(): void;
 }
 
+/** Deno refuses /dev and /proc without --allow-all (the compiled binary has --allow-run instead). */
+export function isNotCapable(err: unknown): boolean {
+  return err instanceof Error && err.name === "NotCapable";
+}
+
 /**
  * Read new kernel log records until `signal` aborts (from the end: what was logged before the start is
- * not read again). Resolves false when the log cannot be opened at all, true when stopped.
+ * not read again): from `/dev/kmsg` itself, or, where Deno's permissions keep /dev out of reach (the
+ * compiled binary), from `dmesg --follow-new`, which reads the same records. Resolves false when the
+ * log cannot be read at all, true when stopped.
  */
 export async function followKmsg(opts: FollowKmsgOptions): Promise<boolean> {
   const path = opts.path ?? "/dev/kmsg";
@@ -103,6 +110,7 @@ export async function followKmsg(opts: FollowKmsgOptions): Promise<boolean> {
     file = await Deno.open(path, { read: true });
     await file.seek(0, Deno.SeekMode.End);
   } catch (err) {
+    if (isNotCapable(err) && path === "/dev/kmsg") return await followDmesg(opts);
     opts.log.warn("cannot read the kernel log: refused connections are counted but not logged", {
       path,
       error: describeError(err),
@@ -148,6 +156,61 @@ export async function followKmsg(opts: FollowKmsgOptions): Promise<boolean> {
   } finally {
     opts.signal.removeEventListener("abort", close);
     close();
+  }
+  return true;
+}
+
+/** How often `dmesg` may end before the reader gives up (it is restarted after a second each time). */
+const DMESG_RESTARTS = 5;
+
+/**
+ * `dmesg --follow-new --notime`: one message per line, only those logged from its start. Its output is as
+ * untrusted as the records themselves: lines go to the same strict parser, over-long ones are dropped.
+ */
+async function followDmesg(opts: FollowKmsgOptions): Promise<boolean> {
+  for (let run = 0; run <= DMESG_RESTARTS && !opts.signal.aborted; run++) {
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command("dmesg", {
+        args: ["--follow-new", "--notime"],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        signal: opts.signal,
+      }).spawn();
+    } catch (err) {
+      opts.log.warn("cannot read the kernel log: refused connections are counted but not logged", {
+        via: "dmesg --follow-new",
+        error: describeError(err),
+      });
+      return false;
+    }
+    const stderr = new Response(child.stderr).text().catch(() => "");
+    let buf = "";
+    const dec = new TextDecoder();
+    try {
+      for await (const chunk of child.stdout) {
+        buf += dec.decode(chunk, { stream: true });
+        for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line.length <= MAX_RECORD) opts.onMessage(line);
+        }
+        if (buf.length > MAX_RECORD) buf = "";
+      }
+    } catch { /* killed on abort */ }
+    const status = await child.status;
+    if (opts.signal.aborted) break;
+    opts.log.warn("dmesg --follow-new ended; restarting it", {
+      code: status.code,
+      error: (await stderr).trim().slice(0, 300),
+    });
+    await abortableSleep(1000, opts.signal);
+  }
+  if (!opts.signal.aborted) {
+    opts.log.error("kernel log reader stopped: refused connections are counted but no longer logged", {
+      via: "dmesg --follow-new",
+    });
   }
   return true;
 }

@@ -6,6 +6,7 @@
  */
 import type { Logger } from "../log.ts";
 import { describeError } from "../errors.ts";
+import { isNotCapable } from "./kmsg.ts";
 
 /** The sysctl's file. */
 export const NF_LOG_ALL_NETNS = "/proc/sys/net/netfilter/nf_log_all_netns";
@@ -29,8 +30,33 @@ export interface NfLogOptions {
   stateFile?: string;
 }
 
+/**
+ * Read and write the sysctl file directly, or through `sh` where Deno's permissions keep /proc out of
+ * reach (the compiled binary: /proc needs --allow-all, --allow-run it has). The path and value are `sh`'s
+ * arguments, never part of its script.
+ */
+async function viaShell(script: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command("sh", { args: ["-c", script, "sh", ...args], stdin: "null" }).output();
+  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr).trim() || `sh exited ${out.code}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
 async function readValue(path: string): Promise<string> {
-  return (await Deno.readTextFile(path)).trim();
+  try {
+    return (await Deno.readTextFile(path)).trim();
+  } catch (err) {
+    if (!isNotCapable(err)) throw err;
+    return (await viaShell('cat -- "$1"', [path])).trim();
+  }
+}
+
+async function writeValue(path: string, value: string): Promise<void> {
+  try {
+    await Deno.writeTextFile(path, `${value}\n`);
+  } catch (err) {
+    if (!isNotCapable(err)) throw err;
+    await viaShell('printf \'%s\\n\' "$2" > "$1"', [path, value]);
+  }
 }
 
 /** Set the sysctl to 1 (if it is not), remembering what to put back. Never throws: it warns. */
@@ -53,7 +79,7 @@ export async function enableNfLogAllNetns(opts: NfLogOptions): Promise<NfLogSett
         if (original === undefined && saved === "0") original = "0";
         return;
       }
-      await Deno.writeTextFile(path, "1\n");
+      await writeValue(path, "1");
       enabled = true;
       original = now;
       if (stateFile) await Deno.writeTextFile(stateFile, `${now}\n`).catch(() => {});
@@ -86,7 +112,7 @@ export async function enableNfLogAllNetns(opts: NfLogOptions): Promise<NfLogSett
     restore: async () => {
       if (original === undefined) return;
       try {
-        if ((await readValue(path)) === "1") await Deno.writeTextFile(path, `${original}\n`);
+        if ((await readValue(path)) === "1") await writeValue(path, original);
         log.info("put back", { sysctl: "net.netfilter.nf_log_all_netns", now: original });
         if (stateFile) await Deno.remove(stateFile).catch(() => {});
       } catch (err) {

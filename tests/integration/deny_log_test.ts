@@ -318,3 +318,36 @@ Deno.test("deny log: within the packaged unit's limits (capabilities, read-only 
     await stopped(p, before);
   });
 });
+
+/** The permission flags of `deno task start`, which scripts/compile.sh bakes into the binary (install_test). */
+async function taskPermissions(): Promise<string[]> {
+  const deno = JSON.parse(await Deno.readTextFile(`${REPO_ROOT}/deno.json`)) as { tasks: { start: string } };
+  return deno.tasks.start.split(/\s+/).filter((t) => t.startsWith("--allow-") || t === "--no-prompt");
+}
+
+Deno.test("deny log: with the compiled binary's permissions (Deno keeps /dev and /proc out of reach) lines still come", async () => {
+  const before = await sysctl();
+  const permissions = await taskPermissions();
+  assert.ok(
+    !permissions.includes("--allow-all") && permissions.includes("--allow-run"),
+    permissions.join(" "),
+  );
+  await withLive({}, async (env) => {
+    const { net, servers: [srv] } = await servers(env, [[8080]]);
+    await env.put("other", "10.50.1.0/24:tcp/443\n");
+    const [c] = await env.runMany([{ env: optIn(["other"], "allowlist"), network: net.name }]);
+    // Plus the private dockerd's socket, which lives under /tmp. No status server: under these permissions
+    // eb00942's cannot start (Deno.umask needs --allow-sys), a matter of its own.
+    const withSocket = permissions.map((f) => f.startsWith("--allow-write=") ? `${f},${env.d.dir}` : f);
+    const p = await env.daemon(["--listen", "none"], { permissions: withSocket });
+    await applied(p, c.name);
+    assert.equal(await sysctl(), "1");
+    assert.equal(p.logs().filter((e) => /cannot (set|read)/.test(e.msg)).length, 0, JSON.stringify(p.logs()));
+    const t0 = performance.now();
+    assert.equal((await canConnect(c.id, srv.ip, 8080, env.d.host)).ok, false);
+    const line = await p.waitForLog(lineFor(c.name), 10_000, "a denied line");
+    assert.ok(performance.now() - t0 <= LINE_MS);
+    assert.deepEqual([line.acl, line.dst, line.dport], ["allowlist", srv.ip, 8080]);
+    await stopped(p, before);
+  });
+});

@@ -44,6 +44,8 @@ export interface StartDaemonOptions {
   env?: Record<string, string>;
   /** A command the daemon runs under, which must end by exec'ing its arguments (e.g. `unshare -m ...`). */
   wrap?: string[];
+  /** Deno permission flags instead of `-A` (e.g. those `deno task start` and the compiled binary have). */
+  permissions?: string[];
 }
 
 function parseLine(line: string): LogEntry {
@@ -68,7 +70,7 @@ export function startDaemon(opts: StartDaemonOptions): Promise<DaemonProc> {
   const listen = opts.args.includes("--listen") ? [] : ["--listen", "none"];
   const argv = [
     "run",
-    "-A",
+    ...(opts.permissions ?? ["-A"]),
     "--quiet",
     `${REPO_ROOT}/main.ts`,
     "--log-format",

@@ -31,7 +31,10 @@ export interface LiveEnv {
   /** `unix://<tmp>/egt.sock`: the daemon's --listen. */
   listen: string;
   /** Start the daemon on the private dockerd with this prefix and --listen (killed at cleanup). */
-  daemon(args?: string[], opts?: { consul?: string; wrap?: string[] }): Promise<DaemonProc>;
+  daemon(
+    args?: string[],
+    opts?: { consul?: string; wrap?: string[]; permissions?: string[] },
+  ): Promise<DaemonProc>;
   /** Put a key under the prefix. */
   put(key: string, value: string): Promise<void>;
   /** Create and start `n` containers, at most `parallel` requests at once. */
@@ -67,7 +70,7 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
   const daemons: DaemonProc[] = [];
   const tmp = await Deno.makeTempDir({ prefix: "egt-live-" });
   const cleanup = async () => {
-    // SIGTERM first: a daemon that stops puts back what it changed on the host (nf_log_all_netns).
+    // SIGTERM first: a daemon puts back what it changed on the host (nf_log_all_netns) only when it stops.
     await Promise.all(daemons.map((p) => p.stop("SIGTERM", 10_000)));
     const stopped = await d?.stop().then(() => undefined, (err: Error) => err);
     await consul?.stop();
@@ -96,6 +99,7 @@ export async function withLive<T>(opts: LiveOptions, body: (env: LiveEnv) => Pro
         const p = await startDaemon({
           args: ["-c", o.consul ?? cc.address, "-k", prefix, "-H", dd.host, "--listen", listen, ...args],
           wrap: o.wrap,
+          permissions: o.permissions,
         });
         daemons.push(p);
         return p;

@@ -454,3 +454,42 @@ Deno.test("audit: the gate's render and enforce (set, the daemon) honour EGRESST
   assert.ok(applied[0].includes(`--log-prefix "egt:3f2a9c1b7d4e:4f79b6cd:A "`), applied[0]);
   assert.ok(!/-j (REJECT|DROP)/.test(applied[0]));
 });
+
+Deno.test("nf_log_all_netns: without --allow-all (the compiled binary) Deno refuses /proc and /dev: sh does it", async () => {
+  // /dev/shm stands in for /proc/sys: Deno refuses both without --allow-all, and this one is a plain file.
+  const path = `/dev/shm/egt-nf-log-${crypto.randomUUID().slice(0, 8)}`;
+  const dir = await Deno.makeTempDir();
+  const script = `${dir}/set.ts`;
+  const src = new URL("../../src/daemon/nf_log_sysctl.ts", import.meta.url).href;
+  const log = new URL("../../src/log.ts", import.meta.url).href;
+  await Deno.writeTextFile(
+    script,
+    `import { enableNfLogAllNetns } from "${src}";\nimport { createLogger } from "${log}";\n` +
+      `const s = await enableNfLogAllNetns({ log: createLogger({ level: "debug" }), path: "${path}" });\n` +
+      `console.log(s.enabled, await new Deno.Command("cat", { args: ["${path}"] }).output().then((o) => new TextDecoder().decode(o.stdout).trim()));\n` +
+      `await s.restore();\n`,
+  );
+  await Deno.writeTextFile(path, "0\n");
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-prompt",
+        "--allow-read",
+        "--allow-write=/run",
+        "--allow-run",
+        "--allow-env",
+        script,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const [stdout, stderr] = [out.stdout, out.stderr].map((b) => new TextDecoder().decode(b));
+    assert.equal(out.code, 0, stderr);
+    assert.equal(stdout.trim(), "true 1", stderr);
+    assert.equal((await Deno.readTextFile(path)).trim(), "0", "put back");
+  } finally {
+    await Deno.remove(path).catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
+});
