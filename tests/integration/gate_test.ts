@@ -7,6 +7,7 @@
  * EGT_GATE_STARTS (default 100) and EGT_GATE_CONCURRENCY (default 4) size the hostile runs; CI uses the
  * defaults. The window figure goes to bench/results/gate_window.json for bench/README.md.
  */
+import { BLOCKED, CONNECTED, hostileScript, OTHER } from "../support/hostile.ts";
 import assert from "node:assert/strict";
 import { type PrivateDockerd, type PrivateNetwork, startPrivateDockerd } from "../support/dockerd.ts";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
@@ -40,21 +41,6 @@ const CONCURRENCY = Number(Deno.env.get("EGT_GATE_CONCURRENCY") ?? "4");
 const KV_PREFIX = "egress/acl/";
 const GATE = "egresstrator";
 const dec = new TextDecoder();
-
-/** Exit codes of the hostile script. */
-const CONNECTED = 42, BLOCKED = 43, OTHER = 44;
-
-/**
- * The hostile client: its first action is a connection to the server. Busybox nc prints the server's
- * "hi" when it got through; a REJECT (tcp-reset) reads "Connection refused".
- */
-function hostileScript(ip: string, then: "exit" | "sleep" = "exit"): string {
-  const end = (code: number) => (then === "exit" ? `exit ${code}` : "exec sleep 600");
-  return `r=$(nc -w 1 ${ip} 8080 </dev/null 2>&1); case "$r" in ` +
-    `hi) echo CONNECTED; ${end(CONNECTED)};; ` +
-    `*refused*) echo "BLOCKED: $r"; ${end(BLOCKED)};; ` +
-    `*) echo "OTHER: $r"; ${end(OTHER)};; esac`;
-}
 
 /** What a test has to work with. */
 interface Env {

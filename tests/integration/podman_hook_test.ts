@@ -8,6 +8,7 @@
  *
  * EGT_HOOK_STARTS (default 60) and EGT_HOOK_CONCURRENCY (default 4) size the hostile runs.
  */
+import { BLOCKED, CONNECTED, hostileScript } from "../support/hostile.ts";
 import assert from "node:assert/strict";
 import { type ConsulAgent, startConsul } from "../support/consul.ts";
 import { BUSYBOX_IMAGE, containerIp, RUN_ID, TEST_LABEL } from "../support/docker.ts";
@@ -26,16 +27,6 @@ import { standInRelease } from "../support/standin.ts";
 
 const STARTS = Number(Deno.env.get("EGT_HOOK_STARTS") ?? "60");
 const CONCURRENCY = Number(Deno.env.get("EGT_HOOK_CONCURRENCY") ?? "4");
-const CONNECTED = 42, BLOCKED = 43, OTHER = 44;
-
-/** The hostile client: its first action is a connection to the server (who answers "hi"). */
-function hostileScript(ip: string, then: "exit" | "sleep" = "exit"): string {
-  const end = (code: number) => (then === "exit" ? `exit ${code}` : "exec sleep 600");
-  return `r=$(nc -w 1 ${ip} 8080 </dev/null 2>&1); case "$r" in ` +
-    `hi) echo CONNECTED; ${end(CONNECTED)};; ` +
-    `*refused*) echo "BLOCKED: $r"; ${end(BLOCKED)};; ` +
-    `*) echo "OTHER: $r"; ${end(OTHER)};; esac`;
-}
 
 interface Env {
   pm: PodmanService;
