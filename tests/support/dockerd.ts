@@ -29,6 +29,7 @@ import {
   withDocker,
 } from "./docker.ts";
 import { createFreeNetwork, freeOctet, usedOctets } from "./networks.ts";
+import { processTree } from "./processes.ts";
 
 /** Options of {@link startPrivateDockerd}. */
 export interface PrivateDockerdOptions {
@@ -143,30 +144,7 @@ export function mountsUnder(dir: string): string[] {
 
 /** containerd and shim processes whose command line names `dir` (this dockerd's), plus their descendants. */
 function processesOf(dir: string): number[] {
-  const parent = new Map<number, number>();
-  const roots: number[] = [];
-  for (const e of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(e.name)) continue;
-    const pid = Number(e.name);
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-      parent.set(pid, Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
-      const argv = Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0");
-      const isContainerd = /(^|\/)containerd/.test(argv[0] ?? "");
-      if (isContainerd && argv.some((a) => a.includes(`${dir}/`))) {
-        roots.push(pid);
-      }
-    } catch { /* gone meanwhile */ }
-  }
-  const out = new Set(roots);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const [pid, ppid] of parent) {
-      if (!out.has(pid) && out.has(ppid)) (out.add(pid), grew = true);
-    }
-  }
-  out.delete(Deno.pid);
-  return [...out];
+  return processTree(/(^|\/)containerd/, dir);
 }
 
 /**

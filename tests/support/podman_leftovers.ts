@@ -3,29 +3,13 @@
  * up: its conmon processes (and what runs under them) and the cgroups it made under libpod_parent.
  */
 
+import { processTree } from "./processes.ts";
+
 const CGROUP_PARENT = "libpod_parent";
 
 /** conmon processes whose command line names `dir` (this store's), and their descendants. */
 export function processesOf(dir: string): number[] {
-  const parent = new Map<number, number>();
-  const out = new Set<number>();
-  for (const e of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(e.name)) continue;
-    const pid = Number(e.name);
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-      parent.set(pid, Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
-      const argv = Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0");
-      if (/(^|\/)conmon$/.test(argv[0] ?? "") && argv.some((a) => a.includes(`${dir}/`))) out.add(pid);
-    } catch { /* gone meanwhile */ }
-  }
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const [pid, ppid] of parent) {
-      if (!out.has(pid) && out.has(ppid)) (out.add(pid), grew = true);
-    }
-  }
-  return [...out];
+  return processTree(/(^|\/)conmon$/, dir);
 }
 
 /** Directories under every hierarchy's libpod_parent (Podman's cgroupfs parent), deepest first. */
