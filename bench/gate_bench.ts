@@ -293,6 +293,15 @@ async function readmeSection(r: Result): Promise<string> {
     `start (\`deno run main.ts runtime --version\` is ${su.denoRuntimeVersion.median} ms median; importing ` +
     `src/gate/start.ts ${su.denoImportGateStart.median} ms) on top.`,
     "",
+    "What is left, and why it stays: the daemon's part is now the bare write of both families (one " +
+    "`iptables-restore` and one `ip6tables-restore`, ~15 ms each here, of which ~10 ms is each process waiting " +
+    "in the kernel when it closes its nf_tables socket, not CPU; running both at once gains nothing, since one " +
+    "namespace's commits are serialised). A just-created namespace no longer gets its raw table written (no " +
+    "code of the container has run in it, so it is empty), which took the daemon's part from ~52 to ~32 ms. " +
+    "The rest of the overhead is the shim's two curl round trips and the spec check before `runc create`. " +
+    "Going lower means not running iptables processes at all (netlink from the daemon), which would give up " +
+    "the iptables-restore texts that templates, drift checks and the deny log are built on.",
+    "",
     ...(window.withGate && window.withoutGate
       ? [
         "The window the gate closes (tests/integration/gate_test.ts, hostile opted-in containers whose first " +

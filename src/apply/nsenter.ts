@@ -77,8 +77,9 @@ export class NsenterApplier implements Applier {
     rules: RenderedRules,
     signal: AbortSignal,
     previous?: RenderedRules,
+    unstarted?: boolean,
   ): Promise<void> {
-    const { env, script } = applyPayload(rules, this.ipv6, previous);
+    const { env, script } = applyPayload(rules, this.ipv6, previous, unstarted);
     const res = await this.sh(target, script, env, signal);
     if (res.code !== 0) {
       const msg = res.stderr.trim().split("\n").slice(-6).join("; ") || `exit code ${res.code}`;

@@ -119,12 +119,14 @@ export async function enforceCreated(
     denied = true;
   }
   try {
-    // Just created: nothing is in its namespace yet, so a failed family rolls back to empty tables.
+    // Just created: nothing is in its namespace yet, so a failed family rolls back to empty tables,
+    // and no raw table needs emptying.
     await deps.applier.apply(
       { id: c.id, name: want.name, pid: c.pid },
       rules.rendered,
       deadline,
       EMPTY_RULES,
+      true,
     );
   } catch (err) {
     return { error: `rules could not be applied: ${describeError(err)}`, status: 500 };

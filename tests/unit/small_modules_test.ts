@@ -132,9 +132,14 @@ Deno.test("applyPayload chunks big texts; the script saves ipv4 before any write
   assert.equal(known.env.EGTP4_0, "p4");
   assert.match(
     known.script,
-    /"\$EGTP4_0"; printf '%s' "\$EGTRAW"; } \| iptables-restore -w 5; echo "egresstrator: ipv6/,
+    /printf '%s' "\$EGTP4_0" "\$EGTRAW" \| iptables-restore -w 5; echo "egresstrator: ipv6/,
   );
   assert.equal(applyPayload({ ipv4: "a", ipv6: "b" }, false).script.split("\n").length, 1, "IPv4 alone");
+  // A namespace no code of the container has run in (the gate): its raw table is left alone.
+  const fresh = applyPayload({ ipv4: "a", ipv6: "b" }, true, { ipv4: "p4", ipv6: "p6" }, true);
+  assert.equal(fresh.env.EGTRAW, undefined);
+  assert.ok(!fresh.script.includes("EGTRAW"), fresh.script);
+  assert.match(fresh.script, /^printf '%s' "\$EGT4_0" \| iptables-restore -w 5 \|\|/);
 });
 
 Deno.test("normalizeSaved ignores comments, counters and blank lines; splitRead splits families", () => {
