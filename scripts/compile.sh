@@ -123,7 +123,9 @@ errlog="$(mktemp)"
 # deno compile leaves "<out>.tmp-<hash>" behind when it fails.
 trap 'rm -f "$errlog" "$out".tmp-* "$out_dir"/.sha256sums.tmp' EXIT
 
-args=(compile --frozen --include templates --include packaging/egresstrator-runtime "${permissions[@]}" --output "$out")
+# The DNS listener worker (rules by DNS name) is loaded with new Worker(), which compile must be told about.
+args=(compile --frozen --include templates --include packaging/egresstrator-runtime --include src/fqdn/ns_worker.ts
+  "${permissions[@]}" --output "$out")
 # Only when asked: without --target deno also finds a denort placed next to the deno executable.
 [[ -n "${TARGET:-}" ]] && args+=(--target "$TARGET")
 args+=(main.ts)

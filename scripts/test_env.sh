@@ -93,7 +93,7 @@ pkg_installed() {
 }
 
 need_pkgs=()
-for p in iptables busybox-static debootstrap iproute2 util-linux curl ca-certificates \
+for p in iptables ipset nftables busybox-static debootstrap iproute2 util-linux curl ca-certificates \
   podman containernetworking-plugins catatonit docker-compose; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
@@ -130,8 +130,8 @@ else
   note "packages" "all present"
 fi
 
-for c in iptables ip6tables iptables-restore ip6tables-restore ip nsenter curl debootstrap docker dockerd \
-  podman docker-compose; do
+for c in iptables ip6tables iptables-restore ip6tables-restore ipset nft ip nsenter curl debootstrap docker \
+  dockerd podman docker-compose; do
   command -v "$c" >/dev/null 2>&1 || die "'$c' not found on PATH after package installation (PATH=$PATH)"
 done
 # The Podman tests give their private service CNI networks of their own (bridge + host-local only).

@@ -1,6 +1,7 @@
 /** How rules get into a container's network namespace. Everything before this is shared by all modes. */
 import { CLEAR_TEXT, type RenderedRules } from "../render/renderer.ts";
 import type { ApplyMode } from "../config/config.ts";
+import { ipsetText, setsIn, STEER_OFF } from "../fqdn/steering.ts";
 
 /** The container to act on. `pid` is its init process as the host sees it (0 when unknown). */
 export interface ApplyTarget {
@@ -150,7 +151,26 @@ export function applyPayload(
     Object.assign(env, chunkEnv("P4", previous.ipv4));
     prev4 = count("EGTP4_");
   }
-  return { env, script: applyScript(n4, n6, ipv6, prev4, !unstarted) };
+  let script = applyScript(n4, n6, ipv6, prev4, !unstarted);
+  // Rules by DNS name: their sets exist before the rules that match them (kept, with their entries, if
+  // they do), and the DNS steering goes in after them, in the same run.
+  const sets = [...new Set([...setsIn(rules.ipv4), ...(ipv6 ? setsIn(rules.ipv6) : [])])]
+    .filter((s) => ipv6 || s.startsWith("egr4-"));
+  if (sets.length > 0 || rules.ipset) {
+    env.EGTSETS = ipsetText(sets) + (rules.ipset ?? "");
+    script = `printf '%s' "$EGTSETS" | ipset -exist restore || ` +
+      `{ echo "egresstrator: ipset restore failed (rules by DNS name need ipset)" >&2; exit 6; }\n${script}`;
+  }
+  if (rules.nft) {
+    env.EGTNFT = rules.nft;
+    const write = `printf '%s' "$EGTNFT" | nft -f - || ` +
+      `{ echo "egresstrator: DNS steering rejected by nft" >&2; exit 7; }`;
+    // Taking steering out needs no nft where there is none (nothing can have been put in without it).
+    script += rules.nft === STEER_OFF
+      ? `\nif command -v nft >/dev/null 2>&1; then ${write}; fi`
+      : `\n${write}`;
+  }
+  return { env, script };
 }
 
 /** What a namespace holds before anything of ours was written: empty filter tables. */

@@ -10,10 +10,66 @@ import { type BuildDeps, buildRules, type BuiltRules, countRules, denyPlan } fro
 import { containerIntent } from "../rules/intent.ts";
 import { namespaceProblem } from "../rules/isolation.ts";
 import { describeError } from "../errors.ts";
+import type { SteerRequest } from "../fqdn/forwarder.ts";
+import { STEER_OFF } from "../fqdn/steering.ts";
+
+/** The daemon's DNS forwarder, as enforcing uses it (rules by DNS name). */
+export interface DnsSteering {
+  /** Open the container's DNS listeners; the steering and known set entries to write with its rules. */
+  steer(r: SteerRequest): Promise<{ nft: string; ipset: string }>;
+  /** Its rules are in: its sets may now be written for others' answers too. */
+  activate(id: string): void;
+  /** It has no names any more, or is gone: close its listeners. False if it had none. */
+  release(id: string): boolean;
+  has(id: string): boolean;
+}
 
 /** What enforcing needs: building, plus somewhere to apply. */
 export interface EnforceDeps extends BuildDeps {
   applier: Applier;
+  /** Absent (`set`, the gate on its own, helper mode): rules by DNS name cannot be enforced. */
+  dns?: DnsSteering;
+}
+
+/**
+ * Rules by DNS name need the daemon's forwarder: with it, the container's steering and set entries join
+ * the rendered rules (and the hash, so new listener ports are written); without it, an error, so the
+ * caller fails closed.
+ */
+export async function withDns(
+  deps: Pick<EnforceDeps, "dns">,
+  c: { id: string; name: string; pid: number; dns?: string[] },
+  built: Pick<BuiltRules, "fqdn" | "policy" | "rendered" | "hash">,
+): Promise<{ rendered: RenderedRules; hash: string }> {
+  if (built.fqdn.length === 0) {
+    if (!deps.dns?.has(c.id)) return { rendered: built.rendered, hash: built.hash };
+    return { rendered: { ...built.rendered, nft: STEER_OFF }, hash: built.hash };
+  }
+  if (!deps.dns) {
+    throw new Error(
+      `its rules name destinations by DNS name (${
+        built.fqdn.join(", ")
+      }), which only the daemon (egresstrator run, nsenter mode) can enforce`,
+    );
+  }
+  const { nft, ipset } = await deps.dns.steer({
+    id: c.id,
+    name: c.name,
+    pid: c.pid,
+    policy: built.policy,
+    patterns: built.fqdn,
+    dockerDns: c.dns,
+  });
+  const rendered = { ...built.rendered, nft, ipset };
+  const hash = await rulesHash({ ipv4: built.rendered.ipv4, ipv6: `${built.rendered.ipv6}\n${nft}` });
+  return { rendered, hash };
+}
+
+/** After a successful write of {@link withDns}'s rules. */
+export function dnsApplied(deps: Pick<EnforceDeps, "dns">, id: string, built: Pick<BuiltRules, "fqdn">) {
+  if (!deps.dns) return;
+  if (built.fqdn.length > 0) deps.dns.activate(id);
+  else deps.dns.release(id);
 }
 
 /** Options for one container. */
@@ -109,6 +165,8 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
   try {
     built = await buildRules(deps, want, req.signal);
     notes.push(...built.notes);
+    const dns = await withDns(deps, info, built);
+    built = { ...built, ...dns };
   } catch (err) {
     req.signal.throwIfAborted();
     const why = `rules for ${info.name} could not be built: ${describeError(err)}`;
@@ -118,6 +176,7 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
   }
   try {
     const { hash, applied, readBack } = await applyIfChanged(deps, req, built.rendered, built.hash);
+    dnsApplied(deps, info.id, built);
     const status = applied ? "applied" : "unchanged";
     return {
       status,

@@ -79,7 +79,15 @@ function buildProgram(io: CliIO, done: (code: number) => void): AnyCommand {
     });
 
   sub("validate", "check every ACL key and the services they name; exit 2 on errors")
-    .action(async (_opts, cmd) => done(await validateCommand(await configFrom(cmd, io), io, io.signal)));
+    .option(
+      "--resolve",
+      "also look up each DNS name in a rule from this host (a warning when it does not resolve)",
+    )
+    .action(async (opts, cmd) =>
+      done(
+        await validateCommand(await configFrom(cmd, io), io, io.signal, { resolve: opts.resolve === true }),
+      )
+    );
 
   sub("status", "show what a running daemon enforces (from its --listen socket)")
     .option("--json", "print the daemon's /status JSON")

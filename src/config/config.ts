@@ -56,6 +56,10 @@ export interface Config {
   audit: boolean;
   /** Log (and count) refused connections: LOG rules, the kernel log reader, the host sysctl. */
   denyLog: boolean;
+  /** Rules by DNS name: lowest time an answered address is kept (ms). */
+  fqdnMinTtlMs: number;
+  /** Rules by DNS name: resolvers for the daemon's own lookups (empty: the host's). */
+  fqdnUpstream: string[];
 }
 
 /** The default of an option, as its row in the options table writes it (the one place defaults live). */
@@ -76,6 +80,7 @@ export const DEFAULTS = Object.freeze({
   helperTimeoutMs: parseDuration("--helper-timeout", optionDefault("helperTimeout")),
   listen: optionDefault("listen"),
   resyncIntervalMs: parseDuration("--resync-interval", optionDefault("resyncInterval")),
+  fqdnMinTtlMs: parseDuration("--fqdn-min-ttl", optionDefault("fqdnMinTtl")),
 });
 
 /** Raw option values as the CLI collected them (flags already merged with env by commander). */
@@ -108,6 +113,8 @@ export interface RawOptions {
   stale?: boolean | string;
   audit?: boolean | string;
   denyLog?: string;
+  fqdnMinTtl?: string;
+  fqdnUpstream?: string;
 }
 
 function oneOf<T extends string>(
@@ -132,6 +139,15 @@ export function parseBool(name: string, value: boolean | string | undefined): bo
 }
 
 /** Validate a comma-separated resolver list: addresses or CIDRs of either family. */
+/** `--fqdn-upstream`: resolver addresses (no CIDRs). */
+export function parseUpstreams(value: string): string[] {
+  return value.split(",").map((s) => s.trim()).filter(Boolean).map((a) => {
+    const p = parseAddress(a.replace(/^\[|\]$/g, ""));
+    if (!p) throw new ConfigError(`--fqdn-upstream: "${a}" is not an IPv4/IPv6 address`);
+    return a.replace(/^\[|\]$/g, "").toLowerCase();
+  });
+}
+
 export function parseResolvers(value: string): string[] {
   const out: string[] = [];
   for (const part of value.split(",").map((s) => s.trim()).filter(Boolean)) {
@@ -234,6 +250,8 @@ export function buildConfig(raw: RawOptions, extra: { token?: string } = {}): Re
     consulStale: parseBool("--stale", raw.stale),
     audit: parseBool("--audit", raw.audit),
     denyLog: oneOf("--deny-log", raw.denyLog, ["on", "off"], optionDefault("denyLog")) === "on",
+    fqdnMinTtlMs: raw.fqdnMinTtl ? parseDuration("--fqdn-min-ttl", raw.fqdnMinTtl) : DEFAULTS.fqdnMinTtlMs,
+    fqdnUpstream: raw.fqdnUpstream ? parseUpstreams(raw.fqdnUpstream) : [],
   };
   return deepFreeze(config);
 }

@@ -163,6 +163,20 @@ export const GLOBAL_OPTIONS: GlobalSpec[] = [
     help: "how long one apply may run (a helper container, or nsenter and iptables-restore)",
   },
   {
+    key: "fqdnMinTtl",
+    flags: "--fqdn-min-ttl <duration>",
+    env: "EGRESSTRATOR_FQDN_MIN_TTL",
+    def: "30s",
+    help: "rules by DNS name: an answered address is kept at least this long (plus 5s grace)",
+  },
+  {
+    key: "fqdnUpstream",
+    flags: "--fqdn-upstream <list>",
+    env: "EGRESSTRATOR_FQDN_UPSTREAM",
+    help:
+      "rules by DNS name: resolvers for the daemon's own lookups of protected names, and where Docker's embedded DNS is taken to forward (default: the host's resolv.conf)",
+  },
+  {
     key: "listen",
     flags: "--listen <address>",
     env: "EGRESSTRATOR_LISTEN",

@@ -21,6 +21,7 @@ import { statusSource } from "./status_source.ts";
 import { gateApplied, gateEnforce, gateRender } from "./gate_api.ts";
 import { shimEnforce, shimPrepare } from "./gate_shim.ts";
 import { type DenyWatch, startDenyWatch } from "./deny_watch.ts";
+import { startDns } from "./dns.ts";
 
 /** Hooks the daemon offers its caller (signals in production, direct calls in tests). */
 export interface DaemonControl {
@@ -43,6 +44,8 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   let renderer: Renderer = ctx.renderer;
   const metrics = new Metrics();
   const applier = makeApplier(config, docker, log);
+  // Rules by DNS name: the forwarder needs to enter namespaces itself, so nsenter mode only.
+  const dns = applier.mode === "nsenter" ? startDns(config, log) : undefined;
   const rules: LiveRules = new LiveRules({
     source: ctx.source,
     consul: ctx.consul,
@@ -74,6 +77,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     metrics,
     onTablesRead: (s, read) =>
       deny.watch?.log.counters({ id: s.id, name: s.name, epoch: s.lastApplied }, read),
+    dns: dns?.forwarder,
   });
   const pruneWatches = () => {
     const snapshot = rules.current();
@@ -96,7 +100,15 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   if (!applier.ipv6) {
     log.warn("this kernel has no IPv6 (/proc/sys/net/ipv6 is absent): applying IPv4 rules only");
   }
-  const source = statusSource({ fixed, reconciler, rules, metrics, state, deny: () => deny.watch?.log });
+  const source = statusSource({
+    fixed,
+    reconciler,
+    rules,
+    metrics,
+    state,
+    deny: () => deny.watch?.log,
+    dns: () => dns,
+  });
   source.gateRender = (body) => gateRender({ rules, renderer: () => renderer, config }, body, signal);
   source.gateApplied = (body) => gateApplied(reconciler, body);
   const gateDeps = {
@@ -106,6 +118,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     reconciler,
     denyRenderer: ctx.denyRenderer,
     applier: applier.mode === "nsenter" ? applier : undefined,
+    dns: dns?.forwarder,
   };
   source.gateEnforce = (body) => gateEnforce(gateDeps, body, signal);
   source.shim = (what, body) =>
@@ -139,6 +152,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
       clearInterval(resync);
       await reconciler.close();
       await deny.watch?.close();
+      dns?.stop();
       await status?.finished;
       docker.close();
       ctx.close();

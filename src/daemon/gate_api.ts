@@ -12,6 +12,7 @@ import type { Policy } from "../config/config.ts";
 import { type Applier, EMPTY_RULES } from "../apply/applier.ts";
 import { containerIntent } from "../rules/intent.ts";
 import { describeError } from "../errors.ts";
+import { dnsApplied, type DnsSteering, withDns } from "../apply/enforce.ts";
 
 function isStrings(v: unknown): v is string[] {
   return Array.isArray(v) && v.every((x) => typeof x === "string");
@@ -60,6 +61,7 @@ export interface GateEnforceDeps extends BuildDeps {
   /** The daemon's applier, when it can reach a created container (nsenter); absent in helper mode. */
   applier?: Applier;
   reconciler: Reconciler;
+  dns?: DnsSteering;
 }
 
 /** A created container to enforce: its id, its init's pid, its env, and what to do when rules are not to be had. */
@@ -101,8 +103,11 @@ export async function enforceCreated(
     ruleCount: number;
   };
   let denied = false;
+  let fqdn: string[] = [];
   try {
-    rules = await buildRules(deps, want, deadline);
+    const built = await buildRules(deps, want, deadline);
+    rules = { ...built, ...await withDns(deps, { id: c.id, name: want.name, pid: c.pid }, built) };
+    fqdn = built.fqdn;
   } catch (err) {
     if (c.onFailure !== "deny") return { error: `no rules could be had: ${describeError(err)}`, status: 503 };
     const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(
@@ -131,6 +136,7 @@ export async function enforceCreated(
   } catch (err) {
     return { error: `rules could not be applied: ${describeError(err)}`, status: 500 };
   }
+  dnsApplied(deps, c.id, { fqdn });
   const report: GateApplied = {
     id: c.id,
     hash: rules.hash,

@@ -181,6 +181,7 @@ export class Reconciler {
 
   /** Drop a container that stopped or was removed. */
   forget(id: string): void {
+    this.opts.dns?.release(id);
     this.states.delete(id);
     this.fresh.delete(id);
     this.markedAt.delete(id);

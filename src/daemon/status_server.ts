@@ -6,6 +6,7 @@ import { dirname } from "node:path";
 import type { Logger } from "../log.ts";
 import { AppError, describeError } from "../errors.ts";
 import type { SeenEntry } from "./deny_log.ts";
+import type { SteeredStatus } from "../fqdn/forwarder.ts";
 
 /** The JSON `/status` serves (and `egresstrator status` prints). */
 export interface StatusReport {
@@ -42,6 +43,8 @@ export interface StatusReport {
     /** NEW connections refused (audit: that would have been) since the daemon started. */
     deniedCount?: number;
   }[];
+  /** Containers whose DNS is steered (rules by DNS name): names seen, set sizes. */
+  dns?: SteeredStatus[];
 }
 
 /** What `GET /v1/seen/<id>` answers: what a container was refused lately (`suggest` reads it). */

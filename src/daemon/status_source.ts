@@ -5,6 +5,7 @@ import type { Metrics } from "./metrics.ts";
 import type { StatusReport, StatusSource } from "./status_server.ts";
 import { VERSION } from "../version.ts";
 import type { DenyLog } from "./deny_log.ts";
+import type { DaemonDns } from "./dns.ts";
 
 /** What {@link statusSource} reads. */
 export interface StatusDeps {
@@ -16,6 +17,8 @@ export interface StatusDeps {
   state: { dockerConnected: boolean };
   /** The deny log (undefined with --deny-log off, and until it has started). */
   deny: () => DenyLog | undefined;
+  /** The DNS forwarder (rules by DNS name), in nsenter mode. */
+  dns?: () => DaemonDns | undefined;
 }
 
 const FULL_ID = /^[0-9a-f]{64}$/;
@@ -34,6 +37,7 @@ export function statusSource(d: StatusDeps): StatusSource {
       containers: [...d.reconciler.states.values()].map((
         { savedHash: _saved, attempts: _attempts, ...row },
       ) => ({ ...row, audit: row.audit ?? false, deniedCount: d.deny()?.total(row.id) ?? 0 })),
+      dns: d.dns?.()?.forwarder.status() ?? [],
     }),
     seen: (id) => {
       const s = FULL_ID.test(id) ? d.reconciler.states.get(id) : undefined;
@@ -63,6 +67,7 @@ export function statusSource(d: StatusDeps): StatusSource {
         "1 while the Docker event stream is up",
         d.state.dockerConnected ? 1 : 0,
       );
+      d.dns?.()?.export(d.metrics);
       return d.metrics.render();
     },
   };

@@ -34,6 +34,8 @@ export interface ContainerInfo {
   capAdd: string[];
   capDrop: string[];
   privileged: boolean;
+  /** `HostConfig.Dns`: resolvers given with `--dns` (where Docker's embedded DNS forwards to). */
+  dns?: string[];
 }
 
 /** A short-lived helper container that joins another container's network namespace. */
@@ -98,6 +100,7 @@ export function toContainerInfo(raw: Json): ContainerInfo {
     capAdd: strings(host.CapAdd),
     capDrop: strings(host.CapDrop),
     privileged: host.Privileged === true,
+    dns: strings(host.Dns),
   };
 }
 

@@ -13,6 +13,7 @@ import { buildRules, countRules, denyPlan } from "../render/build.ts";
 import { checkRendered, loadTemplates, type RenderedRules, Renderer, rulesHash } from "../render/renderer.ts";
 import { NsenterApplier } from "../apply/nsenter.ts";
 import { denoRunner, EMPTY_RULES, kernelHasIPv6 } from "../apply/applier.ts";
+import { setsIn } from "../fqdn/steering.ts";
 import { describeError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import type { ContainerInfo } from "../docker/types.ts";
@@ -103,7 +104,12 @@ export async function direct(
     ] as const
   ) {
     try {
-      rules = await get();
+      const got = await get();
+      // Rules by DNS name are kept true by the daemon's DNS forwarder, which is not doing this start.
+      if (setsIn(got.rendered.ipv4 + got.rendered.ipv6).length > 0) {
+        throw new Error("its rules name destinations by DNS name, which only the daemon can enforce");
+      }
+      rules = got;
       source = name;
       break;
     } catch (err) {

@@ -57,6 +57,8 @@ export interface BuiltRules {
   ruleCount: number;
   /** This container's own problems (missing ACL keys). */
   notes: string[];
+  /** The DNS-name patterns its rules use: its DNS must be steered and its sets filled. */
+  fqdn: string[];
 }
 
 /** What a container asks for, as far as building its rules goes. */
@@ -101,5 +103,6 @@ export async function buildRules(
     hash,
     ruleCount: countRules(rendered),
     notes,
+    fqdn: plan.fqdn,
   };
 }

@@ -83,7 +83,7 @@ export interface LogPlan {
   denyAll: boolean;
   audit: boolean;
   container: { id: string } | null;
-  protected: { key: string; destinations: { family: Family }[] }[];
+  protected: { key: string; destinations: { family: Family }[]; names?: unknown[] }[];
 }
 
 /** The log chains of one family's text: the fixed ones, and under protect one per key that renders a rule. */
@@ -118,7 +118,9 @@ export function logChains(plan: LogPlan, family: Family): LogContext {
   const ntp = mk("ntp", "egt-log-ntp");
   const prot = plan.policy === "protect"
     ? plan.protected.map((a, i) =>
-      a.destinations.some((d) => d.family === family) ? mk(a.key, `egt-log-k${i}`) : null
+      a.destinations.some((d) => d.family === family) || (a.names?.length ?? 0) > 0
+        ? mk(a.key, `egt-log-k${i}`)
+        : null
     )
     : plan.protected.map(() => null);
   const chains = [allowlist, dnsGuard, ntp, ...prot].filter((c): c is LogChain => c !== null);

@@ -9,6 +9,8 @@ import type { Policy } from "../config/config.ts";
 import { TemplateError } from "../errors.ts";
 import { commentSafe } from "../util/text.ts";
 import { type LogChain, logChains, type LogContext } from "./deny_log.ts";
+import { setName } from "../fqdn/names.ts";
+import { createHash } from "node:crypto";
 
 /** A destination with its iptables match ready to print. */
 export interface TemplateDestination extends Destination {
@@ -16,10 +18,27 @@ export interface TemplateDestination extends Destination {
   match: string;
 }
 
+/** A destination by DNS name as templates see it, for one family. */
+export interface TemplateName {
+  /** `api.example.com` or `*.example.com`. */
+  pattern: string;
+  /** The ipset (`hash:ip` with timeouts) DNS answers fill: `-m set --match-set <set> dst`. */
+  set: string;
+  /** Connection mark for connections this rule let through, so they outlive the set entry: `0x1a2b3c4d`. */
+  mark: string;
+  proto: Proto;
+  ports: { from: number; to: number };
+  /** Same as {@link TemplateDestination.match}. */
+  match: string;
+  origin: string;
+}
+
 /** An ACL key as templates see it. */
 export interface TemplateAcl {
   key: string;
   destinations: TemplateDestination[];
+  /** Its destinations by DNS name (see README, "Rules by DNS name"). */
+  names: TemplateName[];
   /** Under protect, for a protected key with destinations in this family: where its refusals are logged. */
   log: LogChain | null;
 }
@@ -87,8 +106,31 @@ function forFamily(acls: RulePlan["allowed"], family: Family, logs?: (LogChain |
       ...d,
       match: portMatch(d.proto, d.ports.from, d.ports.to),
     })),
+    names: a.names.map((n) => ({
+      pattern: n.pattern,
+      set: setName(n.pattern, family),
+      mark: connMark(n.pattern),
+      proto: n.proto,
+      ports: n.ports,
+      match: portMatch(n.proto, n.ports.from, n.ports.to),
+      origin: n.origin,
+    })),
     log: logs?.[i] ?? null,
   }));
+}
+
+/** The connection mark of a DNS-name pattern's connections (never 0): `0x` and 8 hex digits. */
+export function connMark(pattern: string): string {
+  const h = createHash("sha256").update(`egresstrator-mark:${pattern}`).digest();
+  return `0x${((h.readUInt32BE(0) | 0x1000000) >>> 0).toString(16).padStart(8, "0")}`;
+}
+
+/**
+ * The sets a plan's text must use, for one family: those of the patterns its policy renders. A template
+ * (a custom one above all) that leaves one out would leave that name unfiltered under protect.
+ */
+export function requiredSets(plan: RulePlan, family: Family): string[] {
+  return plan.fqdn.map((p) => setName(p, family));
 }
 
 /** The context a template gets for one family (also what `render --json` prints). */
@@ -168,6 +210,14 @@ export class Renderer {
       });
     }
     checkRendered(text, this.sourceName(plan.policy));
+    const missing = requiredSets(plan, family).filter((set) => !text.includes(`--match-set ${set} `));
+    if (missing.length > 0) {
+      throw new TemplateError(
+        `${this.sourceName(plan.policy)} rendered no rule for DNS name destinations (${
+          plan.fqdn.join(", ")
+        }): it must use each name's set (${missing.join(", ")})`,
+      );
+    }
     return text;
   }
 
@@ -181,6 +231,13 @@ export class Renderer {
 export interface RenderedRules {
   ipv4: string;
   ipv6: string;
+  /**
+   * Set entries to add with the rules (`ipset restore` lines), for rules by DNS name: what is already
+   * known of protected names. Not part of the hash. The sets themselves are created from the texts.
+   */
+  ipset?: string;
+  /** The DNS steering to write with the rules (an `nft -f` text), for rules by DNS name. Not hashed. */
+  nft?: string;
 }
 
 /** The empty rule set `clear` writes: an ACCEPT filter table. */

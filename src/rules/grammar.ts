@@ -3,6 +3,7 @@
  *   <ipv4>[/<0-32>]:<tcp|udp>/<port>[-<port>]
  *   [<ipv6>][/<0-128>]:<tcp|udp>/<port>[-<port>]
  *   <service> | <tag>.<service> | <tag>.<service>@<datacenter>   (or <service>@<datacenter>)
+ *   <dns name>:<tcp|udp>/<port>[-<port>]   |   *.<dns name>:<tcp|udp>/<port>[-<port>]
  * Blank lines and `#` comments are ignored. Everything renders from the parsed values only.
  */
 import { type Family, formatAddress, maskBytes, maxPrefix, parseIPv4, parseIPv6 } from "./ip.ts";
@@ -38,7 +39,22 @@ export interface ServiceRule {
   datacenter?: string;
 }
 
-export type RuleBody = CidrRule | ServiceRule;
+/**
+ * A destination by DNS name: the addresses the container's own DNS answers give for it (see README,
+ * "Rules by DNS name"). `*.<domain>` is any name with one or more labels in front of `<domain>`.
+ */
+export interface FqdnRule {
+  kind: "fqdn";
+  /** Canonical: lower-case, no trailing dot; `*.<domain>` for a wildcard. */
+  pattern: string;
+  /** The name, or the wildcard's domain. */
+  name: string;
+  wildcard: boolean;
+  proto: Proto;
+  ports: PortRange;
+}
+
+export type RuleBody = CidrRule | ServiceRule | FqdnRule;
 
 /** A parsed rule and where it came from. */
 export type Rule = RuleBody & { key: string; line: number };
@@ -149,6 +165,53 @@ function parseServiceRule(line: string): LineResult {
   return { ok: true, rule: { kind: "service", service, tag, datacenter } };
 }
 
+const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+
+/** A DNS name as rules take it: lower-cased, no trailing dot; a reason string when it is not one. */
+export function parseDnsName(text: string): string | { error: string } {
+  // ASCII only, checked before folding case: toLowerCase would turn some non-ASCII letters into ASCII ones.
+  if (!/^[A-Za-z0-9.-]*$/.test(text)) {
+    return {
+      error: `DNS name "${text}" must be ASCII letters, digits, "-" and "." (IDNs in their xn-- form)`,
+    };
+  }
+  const name = text.toLowerCase().replace(/\.$/, "");
+  if (name.length === 0) return { error: "empty DNS name" };
+  if (name.length > 253) return { error: `DNS name is longer than 253 characters` };
+  const labels = name.split(".");
+  if (labels.length < 2) return { error: `DNS name "${name}" needs at least one dot` };
+  for (const l of labels) {
+    if (l.length > 63) return { error: `label "${l.slice(0, 20)}..." is longer than 63 characters` };
+    if (!LABEL.test(l)) {
+      return {
+        error: `label "${l}" must be letters, digits and inner "-" (IDNs in their xn-- form)`,
+      };
+    }
+  }
+  if (labels.slice(0, -1).every((l) => /^[0-9]+$/.test(l)) || /^[0-9]+$/.test(labels[labels.length - 1])) {
+    return { error: `"${name}" ends in a number: write addresses as <ip>/<mask>:<proto>/<port>` };
+  }
+  return name;
+}
+
+function parseFqdnRule(line: string): LineResult {
+  const sep = line.indexOf(":");
+  const head = line.slice(0, sep);
+  const wildcard = head.startsWith("*.");
+  if (head.includes("*") && !wildcard) {
+    return { ok: false, reason: `"*" is only allowed as the whole first label: *.<domain>` };
+  }
+  const name = parseDnsName(wildcard ? head.slice(2) : head);
+  if (typeof name !== "string") return { ok: false, reason: name.error };
+  const protoPorts = line.slice(sep + 1);
+  const m = /^(tcp|udp)\/(.*)$/.exec(protoPorts);
+  if (!m) return { ok: false, reason: `"${protoPorts}" is not <tcp|udp>/<port> or <tcp|udp>/<from>-<to>` };
+  const ports = parsePorts(m[2]);
+  if (typeof ports === "string") return { ok: false, reason: ports };
+  const pattern = wildcard ? `*.${name}` : name;
+  return { ok: true, rule: { kind: "fqdn", pattern, name, wildcard, proto: m[1] as Proto, ports } };
+}
+
 /** Strip CR, surrounding space and a trailing ` # comment`. */
 function cleanLine(raw: string): string {
   let line = raw.replace(/\r/g, "").trim();
@@ -167,14 +230,17 @@ export function parseRuleLine(raw: string): LineResult {
   if (!line.startsWith("[") && (line.match(/:/g)?.length ?? 0) >= 2) {
     return { ok: false, reason: "not an IPv4 rule (write IPv6 in brackets: [2001:db8::]/32:tcp/443)" };
   }
-  if (line.startsWith("[") || (/^[0-9]/.test(line) && line.includes(":"))) return parseCidrRule(line);
+  if (line.startsWith("[") || /^[0-9.]+[/:]/.test(line)) return parseCidrRule(line);
+  // A name with ":" is an FQDN rule; a catalog reference (<tag>.<service>) never has one.
+  if (line.includes(":")) return parseFqdnRule(line);
   if (/^[0-9.]+(\/\d*)?$/.test(line)) {
     return { ok: false, reason: "missing :<tcp|udp>/<port> after the address" };
   }
   if (/^[A-Za-z0-9_-]/.test(line)) return parseServiceRule(line);
   return {
     ok: false,
-    reason: "not <ip>/<mask>:<proto>/<ports>, [<ipv6>]/<mask>:<proto>/<ports> or <tag>.<service>",
+    reason:
+      "not <ip>/<mask>:<proto>/<ports>, [<ipv6>]/<mask>:<proto>/<ports>, <name>:<proto>/<ports> or <tag>.<service>",
   };
 }
 
@@ -211,10 +277,11 @@ export function formatRule(rule: RuleBody): string {
   if (rule.kind === "service") {
     return `${rule.tag ? rule.tag + "." : ""}${rule.service}${rule.datacenter ? "@" + rule.datacenter : ""}`;
   }
-  const net = rule.family === "ipv6" ? `[${rule.address}]/${rule.prefix}` : rule.cidr;
   const ports = rule.ports.from === rule.ports.to
     ? `${rule.ports.from}`
     : `${rule.ports.from}-${rule.ports.to}`;
+  if (rule.kind === "fqdn") return `${rule.pattern}:${rule.proto}/${ports}`;
+  const net = rule.family === "ipv6" ? `[${rule.address}]/${rule.prefix}` : rule.cidr;
   return `${net}:${rule.proto}/${ports}`;
 }
 

@@ -21,10 +21,22 @@ export interface Destination {
   origin: string;
 }
 
+/** A destination by DNS name: its addresses live in a set per family that DNS answers fill. */
+export interface NameDestination {
+  /** `api.example.com` or `*.example.com` (canonical). */
+  pattern: string;
+  proto: Proto;
+  ports: PortRange;
+  /** The rule as written, canonical: `api.example.com:tcp/443`. */
+  origin: string;
+}
+
 /** An ACL key with its resolved destinations. */
 export interface PlannedAcl {
   key: string;
   destinations: Destination[];
+  /** Destinations by DNS name (both families). */
+  names: NameDestination[];
 }
 
 /** Which container a plan is for (absent for `render --rules`). */
@@ -55,6 +67,11 @@ export interface RulePlan {
   denyLog: boolean;
   /** The deny-all set (allowlist with nothing allowed), put in when the real rules cannot be had. */
   denyAll: boolean;
+  /**
+   * The DNS-name patterns this container's rules use (allowed keys under allowlist, protected keys under
+   * protect), sorted: what its DNS answers must be watched for. Empty: no sets, no DNS steering.
+   */
+  fqdn: string[];
 }
 
 /** Input of {@link buildPlan}. */
@@ -111,6 +128,19 @@ export function usesKey(policy: Policy, acls: readonly string[], key: string): b
   return policy === "protect" ? !acls.includes(key) : acls.includes(key);
 }
 
+function namesOf(rules: Rule[]): NameDestination[] {
+  const seen = new Set<string>();
+  const out: NameDestination[] = [];
+  for (const r of rules) {
+    if (r.kind !== "fqdn") continue;
+    const origin = formatRule(r);
+    if (seen.has(origin)) continue;
+    seen.add(origin);
+    out.push({ pattern: r.pattern, proto: r.proto, ports: r.ports, origin });
+  }
+  return out;
+}
+
 function destinationsOf(
   rules: Rule[],
   input: PlanInput,
@@ -121,6 +151,7 @@ function destinationsOf(
   const out: Destination[] = [];
   for (const rule of rules) {
     const where = { key: rule.key, line: rule.line, text: formatRule(rule) };
+    if (rule.kind === "fqdn") continue;
     if (rule.kind === "cidr") {
       out.push({
         family: rule.family,
@@ -201,9 +232,12 @@ export function buildPlan(input: PlanInput): RulePlan {
         unresolved,
         usesKey(input.policy, input.acls, entry.key),
       ),
+      names: namesOf(entry.rules),
     };
     (wanted.has(entry.key) ? allowed : protectedAcls).push(planned);
   }
+  const used = input.policy === "protect" ? protectedAcls : allowed;
+  const fqdn = [...new Set(used.flatMap((a) => a.names.map((n) => n.pattern)))].sort();
   const missing = input.acls.filter((a) => !present.has(a));
   for (const m of missing) {
     problems.push({
@@ -227,6 +261,7 @@ export function buildPlan(input: PlanInput): RulePlan {
     audit: input.audit ?? false,
     denyLog: input.denyLog ?? true,
     denyAll: input.denyAll ?? false,
+    fqdn,
   };
 }
 

@@ -24,6 +24,7 @@ import {
   BUSYBOX_IMAGE,
   containerIp,
   dockerCli,
+  HELPER_IMAGE,
   requireImage,
   RUN_ID,
   TEST_LABEL,
@@ -33,6 +34,7 @@ import { pool } from "../support/live.ts";
 import type { CliResult } from "../support/run_cli.ts";
 import { freePort } from "../support/ports.ts";
 import { fetchStatus } from "../../src/daemon/status_server.ts";
+import { startTestDns } from "../support/dns_server.ts";
 
 await requireImage(BUSYBOX_IMAGE);
 
@@ -78,7 +80,7 @@ async function inspectState(d: PrivateDockerd, id: string) {
  * network and host FORWARD rule; Consul; the daemon; the temp dir).
  */
 async function withGateEnv(
-  opts: { daemon: boolean; acl?: boolean },
+  opts: { daemon: boolean; acl?: boolean; daemonArgs?: string[]; images?: string[] },
   fn: (env: Env) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "egt-gate-" });
@@ -87,7 +89,7 @@ async function withGateEnv(
   try {
     const runtime = await writeGateWrapper(dir);
     const [d, c] = await Promise.allSettled([
-      startPrivateDockerd({ runtimes: { [GATE]: runtime } }),
+      startPrivateDockerd({ runtimes: { [GATE]: runtime }, images: opts.images }),
       startConsul({ acl: opts.acl }),
     ]);
     if (d.status === "fulfilled") cleanups.unshift(() => d.value.stop());
@@ -119,6 +121,7 @@ async function withGateEnv(
           listen,
           "--log-level",
           "debug",
+          ...(opts.daemonArgs ?? []),
         ],
       });
       cleanups.unshift(() => daemon!.stop());
@@ -638,4 +641,84 @@ Deno.test("gate: an unwritable gate log does not refuse a start whose rules are 
     const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
     assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
   });
+});
+
+Deno.test("gate: rules by DNS name are in force at the first instruction (steering, sets, listeners)", async () => {
+  // The test DNS server must be up before the daemon, which is told to use it for its own lookups.
+  const dir = await Deno.makeTempDir({ prefix: "egt-gate-fqdn-" });
+  let dnsIp = "";
+  try {
+    await withGateEnv({ daemon: false, images: [BUSYBOX_IMAGE, HELPER_IMAGE] }, async (env) => {
+      const dns = await startTestDns({
+        network: env.net.name,
+        zone: { "srv.test": { a: [env.serverIp], ttl: 1 } },
+        host: env.dockerd.host,
+      });
+      dnsIp = dns.ip;
+      try {
+        const daemon = await startDaemon({
+          args: [
+            "-c",
+            env.consul.address,
+            "-k",
+            KV_PREFIX,
+            "-H",
+            env.dockerd.host,
+            "--listen",
+            env.listen,
+            "--fqdn-upstream",
+            dns.ip,
+          ],
+        });
+        try {
+          await daemon.waitForLog((e) => e.msg === "status server listening", 30_000, "status server");
+          await env.consul.putKv(`${KV_PREFIX}fq`, "srv.test:tcp/8080\n");
+          const run = (script: string) =>
+            env.docker([
+              "run",
+              "--rm",
+              "--runtime",
+              GATE,
+              ...onNetwork(env),
+              "--dns",
+              dns.ip,
+              ...optedIn("fq"),
+              "-e",
+              "EGRESSTRATOR_POLICY=allowlist",
+              BUSYBOX_IMAGE,
+              "sh",
+              "-c",
+              script,
+            ]);
+          // First instruction: look the name up and connect to what it answered.
+          const named = await run(
+            `a=$(nslookup -type=a srv.test | sed -n 's/^Address: *\\([0-9.]*\\)$/\\1/p' | tail -n 1); ` +
+              `echo "addr $a"; echo | nc -w 2 "$a" 8080 && echo REACHED || echo REFUSED`,
+          );
+          assert.equal(named.code, 0, named.stderr);
+          assert.match(
+            named.stdout,
+            new RegExp(`addr ${env.serverIp.replace(/\./g, "\\.")}\n`),
+            named.stdout,
+          );
+          assert.match(named.stdout, /hi\nREACHED/, named.stdout);
+          // First instruction, no lookup: the same address is not in this new container's set.
+          const direct = await run(`echo | nc -w 2 ${env.serverIp} 8080 && echo REACHED || echo REFUSED`);
+          assert.match(direct.stdout, /REFUSED/, direct.stdout);
+          const gate = await env.gateLines();
+          assert.deepEqual(gate.map((l) => [l.decision, l.source]), [["applied", "daemon"], [
+            "applied",
+            "daemon",
+          ]]);
+        } finally {
+          await daemon.stop();
+        }
+      } finally {
+        await dns.stop();
+      }
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  assert.ok(dnsIp);
 });

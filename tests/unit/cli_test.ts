@@ -237,6 +237,7 @@ Deno.test("cli: render --json, --family ipv6, --family all", async () => {
         origin: "192.168.1.0/24:udp/1000-2000",
         match: "-p udp -m multiport --dports 1000:2000",
       }],
+      names: [],
       log: {
         label: "team/db",
         chain: "egt-log-k0",
@@ -372,4 +373,45 @@ Deno.test("cli: render on an empty --acl-dir warns that there are no keys", asyn
     ]);
     assert.match(r.stdout, /^# missing acls: web$/m);
   });
+});
+
+Deno.test("cli: validate --resolve warns for a DNS name that does not resolve, asks --fqdn-upstream, skips wildcards", async () => {
+  // A responder on a loopback address of its own, answering ok.test only (NXDOMAIN otherwise).
+  const { default: dgram } = await import("node:dgram");
+  const { default: dnsPacket } = await import("dns-packet");
+  const { Buffer } = await import("node:buffer");
+  const sock = dgram.createSocket("udp4");
+  await new Promise<void>((r) => sock.bind(53, "127.0.0.77", () => r()));
+  const asked: string[] = [];
+  sock.on("message", (msg, rinfo) => {
+    const q = dnsPacket.decode(msg);
+    const name = q.questions![0].name;
+    asked.push(`${name}/${q.questions![0].type}`);
+    const ok = name === "ok.test" && q.questions![0].type === "A";
+    const reply = dnsPacket.encode({
+      type: "response",
+      id: q.id,
+      flags: ok ? 0 : 3, // rcode NXDOMAIN in the low bits
+      questions: q.questions,
+      answers: ok ? [{ type: "A", name, class: "IN", ttl: 5, data: "10.9.9.9" }] : [],
+    });
+    sock.send(Buffer.from(reply), rinfo.port, rinfo.address);
+  });
+  try {
+    await withAclDir({ k: "ok.test:tcp/443\nmissing.test:tcp/443\n*.w.test:tcp/443\n" }, async (dir) => {
+      const r = await runCli(["validate", "--acl-dir", dir, "--fqdn-upstream", "127.0.0.77", "--resolve"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(
+        r.stdout,
+        "k:2: missing.test:tcp/443: warning: does not resolve from this host (127.0.0.77): NXDOMAIN\n",
+      );
+      assert.ok(!asked.some((a) => a.includes("w.test")), "a wildcard is never looked up");
+      // Without --resolve nothing is asked.
+      const n = asked.length;
+      assert.equal((await runCli(["validate", "--acl-dir", dir])).code, 0);
+      assert.equal(asked.length, n);
+    });
+  } finally {
+    sock.close();
+  }
 });

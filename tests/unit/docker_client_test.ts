@@ -183,6 +183,7 @@ Deno.test("inspectContainer maps Docker's answer", async () => {
       capAdd: ["NET_ADMIN"],
       capDrop: ["cap_net_raw"],
       privileged: false,
+      dns: [],
     });
     strictEqual(fake.calls[1], "GET /v1.41/containers/web/json");
   });

@@ -210,7 +210,8 @@ Deno.test("grammar: comments, blank lines, CR/LF and surrounding spaces", () => 
 // Bad forms
 
 const MISSING_PORT = "missing :<tcp|udp>/<port> after the address";
-const NOT_A_RULE = "not <ip>/<mask>:<proto>/<ports>, [<ipv6>]/<mask>:<proto>/<ports> or <tag>.<service>";
+const NOT_A_RULE =
+  "not <ip>/<mask>:<proto>/<ports>, [<ipv6>]/<mask>:<proto>/<ports>, <name>:<proto>/<ports> or <tag>.<service>";
 const SPACES = "a rule has no spaces inside it (one rule per line)";
 const V6_HINT = /\(write IPv6 in brackets: \[2001:db8::\]\/32:tcp\/443\)$/;
 const nameReason = (what: string, v: string) =>
@@ -247,7 +248,10 @@ const BAD: { line: string; reason: string | RegExp }[] = [
   { line: "10.0.0:tcp/80", reason: '"10.0.0" is not an IPv4 address' },
   { line: "10.0.0.0.0:tcp/80", reason: '"10.0.0.0.0" is not an IPv4 address' },
   { line: "10..0.1:tcp/80", reason: '"10..0.1" is not an IPv4 address' },
-  { line: "1e1.0.0.1:tcp/80", reason: '"1e1.0.0.1" is not an IPv4 address' },
+  {
+    line: "1e1.0.0.1:tcp/80",
+    reason: '"1e1.0.0.1" ends in a number: write addresses as <ip>/<mask>:<proto>/<port>',
+  },
   // IPv6 addresses
   { line: "2001:db8::/32:tcp/443", reason: V6_HINT },
   { line: "2001:db8::1:tcp/443", reason: V6_HINT },
@@ -278,7 +282,8 @@ const BAD: { line: string; reason: string | RegExp }[] = [
   { line: "db\u00a0x", reason: SPACES }, // no-break space is a space too
   { line: "10.0.0.0/8:tcp/80 10.0.0.0/8:tcp/81", reason: SPACES },
   // unicode
-  { line: "\uff11\uff10.0.0.1:tcp/80", reason: NOT_A_RULE }, // full-width digits
+  // full-width digits: not an address, and not an ASCII DNS name either
+  { line: "\uff11\uff10.0.0.1:tcp/80", reason: /must be ASCII letters, digits/ },
   { line: "10.0.0.1:tcp/\uff18\uff10", reason: 'port "\uff18\uff10" is not a number from 1 to 65535' },
   { line: "s\u00e9rvice", reason: nameReason("service name", "s\u00e9rvice") },
   { line: "db\u200b", reason: nameReason("service name", "db\u200b") }, // zero-width space

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { dirname, join, relative } from "node:path";
 
 const SRC = new URL("../../src/", import.meta.url).pathname;
-const LOWER = ["rules", "render", "apply", "docker", "consul", "config", "util"];
+const LOWER = ["rules", "render", "apply", "fqdn", "docker", "consul", "config", "util"];
 const UPPER = ["daemon", "gate", "cli"];
 
 async function* tsFiles(dir: string): AsyncGenerator<string> {

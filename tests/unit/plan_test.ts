@@ -52,17 +52,22 @@ Deno.test("plan: keys in the container's list are allowed, the others protected"
   assert.deepEqual(plan.acls, ["web", "ops"]);
   assert.deepEqual(plan.missing, []);
   assert.deepEqual(plan.allowed, [
-    { key: "ops", destinations: [dest("172.16.0.0/12", "tcp", 22, 22, "172.16.0.0/12:tcp/22")] },
+    { key: "ops", destinations: [dest("172.16.0.0/12", "tcp", 22, 22, "172.16.0.0/12:tcp/22")], names: [] },
     {
       key: "web",
       destinations: [
         dest("10.0.0.0/8", "tcp", 80, 80, "10.0.0.0/8:tcp/80"),
         dest("2001:db8::/32", "tcp", 443, 443, "[2001:db8::]/32:tcp/443"),
       ],
+      names: [],
     },
   ]);
   assert.deepEqual(plan.protected, [
-    { key: "db", destinations: [dest("192.168.1.0/24", "udp", 1000, 2000, "192.168.1.0/24:udp/1000-2000")] },
+    {
+      key: "db",
+      destinations: [dest("192.168.1.0/24", "udp", 1000, 2000, "192.168.1.0/24:udp/1000-2000")],
+      names: [],
+    },
   ]);
   assert.deepEqual(plan.problems, []);
   assert.deepEqual(plan.unresolved, []);
@@ -176,6 +181,7 @@ Deno.test("plan: services resolve to their instances", () => {
       dest("2001:db8::5/128", "tcp", 5433, 5433, "db (n2 2001:db8::5 port 5433)"),
       dest("10.1.0.7/32", "tcp", 6432, 6432, "primary.db@dc1 (m1 10.1.0.7 port 6432)"),
     ],
+    names: [],
   }]);
   assert.deepEqual(plan.problems.map(formatProblem), [
     'svc:1: db: warning: db: instance on node n3 has address "db.example.com", not an IP; skipped',

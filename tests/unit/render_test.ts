@@ -163,8 +163,12 @@ const guards = (family: Family, resolver: string, policy: Policy) => {
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :egresstrator-dns - [0:0]
-${logChains(chains)}# loopback is never filtered (Docker's embedded DNS lives there)
+${
+    logChains(chains)
+  }# loopback is never filtered (Docker's embedded DNS lives there, and so do the listeners DNS is steered to:
+# a packet nat sent to loopback still shows its first interface to -o, hence the address match too)
 -A OUTPUT -o lo -j ACCEPT
+-A OUTPUT -d ${family === "ipv6" ? "::1/128" : "127.0.0.0/8"} -j ACCEPT
 ${family === "ipv6" ? ND : ""}# a NEW tcp connection must start with SYN
 -A OUTPUT -p tcp ! --syn -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset
 # DNS (udp and tcp 53) and DNS over TLS (tcp 853) only to allowed resolvers
@@ -326,7 +330,8 @@ Deno.test("render: protect writes no reject rule when every key is allowed", asy
   for (const family of ["ipv4", "ipv6"] as const) {
     const text = renderer.render(plan, family);
     assert.ok(!text.includes("# protected:"), text);
-    assert.ok(!/^-A OUTPUT -d /m.test(text), text);
+    // No destination rule: only the guards' loopback accept has an address.
+    assert.ok(!/^-A OUTPUT -d (?!127\.0\.0\.0\/8 |::1\/128 )/m.test(text), text);
     assert.match(text, /# allowed: db\n# allowed: web\nCOMMIT\n$/);
     texts.push({ name: `all allowed ${family}`, family, text });
   }
@@ -454,6 +459,7 @@ Deno.test("render: the template context, field by field", () => {
         origin: "[2001:db8::]/32:tcp/443",
         match: "-p tcp -m tcp --dport 443",
       }],
+      names: [],
       log: null,
     }],
     protected: [{
@@ -466,6 +472,7 @@ Deno.test("render: the template context, field by field", () => {
         origin: "[fd00::]/8:tcp/5432",
         match: "-p tcp -m tcp --dport 5432",
       }],
+      names: [],
       log: chain("db", "egt-log-k0", TAG.db),
     }],
     dnsResolvers: ["fd00::53/128"],

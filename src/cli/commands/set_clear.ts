@@ -1,4 +1,5 @@
 /** `set` and `clear`: act on one container or `--all`, print a line per container, exit 1 if any failed. */
+import { STEER_OFF } from "../../fqdn/steering.ts";
 import type { Config } from "../../config/config.ts";
 import { ConfigError, describeError, ValidationError } from "../../errors.ts";
 import { DockerClient } from "../../docker/client.ts";
@@ -138,7 +139,9 @@ export async function clearCommand(config: Config, opts: TargetOptions, out: Out
         return out.stderr(`clear: ${label(info)}: refused: ${shared}\n`);
       }
       try {
-        await applier.apply(info, { ipv4: CLEAR_TEXT, ipv6: CLEAR_TEXT }, signal);
+        // The DNS steering of rules by DNS name goes too: left pointing at the daemon's listeners, it would
+        // leave the container without DNS once the daemon stops.
+        await applier.apply(info, { ipv4: CLEAR_TEXT, ipv6: CLEAR_TEXT, nft: STEER_OFF }, signal);
         out.stdout(`${label(info)}: cleared\n`);
       } catch (err) {
         signal.throwIfAborted();

@@ -1,0 +1,389 @@
+/**
+ * The DNS forwarder behind rules by DNS name. Each steered container's queries reach it through its
+ * listeners (listeners.ts); it sends each on, unchanged, to the resolver it was addressed to, reads the
+ * answer, and before releasing it puts the answered addresses into the container's sets for every
+ * pattern the question name matches (the CNAME chain's addresses count for the question name). The
+ * answer is held until the sets are updated; when that cannot be done within `holdMs`, the container gets
+ * SERVFAIL instead (fail closed). Under protect, what any answer (or the daemon's own lookup of a
+ * protected name, repeated as its TTL runs out) says about a protected name goes into every protecting
+ * container's sets. See README, "Rules by DNS name".
+ */
+import type { Policy } from "../config/config.ts";
+import { patternMatches, setName } from "./names.ts";
+import { readAnswer, readQuery, servfail, withId } from "./answers.ts";
+import type { SetEntry } from "./steering.ts";
+import type { SetSink } from "./sets.ts";
+import type { NsQuery, OpenedListeners } from "./listeners.ts";
+import { ipsetText, steeringText } from "./steering.ts";
+import { encodeQuery } from "./query.ts";
+import { containerResolvers, readContainerResolvConf } from "./resolvers.ts";
+
+/** A container to steer. */
+export interface FqdnTarget {
+  id: string;
+  name: string;
+  pid: number;
+  policy: Policy;
+  /** The patterns its rules use (allowed ones under allowlist, protected ones under protect). */
+  patterns: string[];
+  /** Where its queries go on: listener i forwards to resolvers[i]; anything else to resolvers[0]. */
+  resolvers: string[];
+}
+
+/** What the forwarder talks through; injected so it can be tested without namespaces. */
+export interface ForwarderIo {
+  listeners: {
+    open(key: string, ns: string, count: number): Promise<OpenedListeners>;
+    close(key: string): void;
+  };
+  sets: SetSink;
+  upstream: {
+    udp(server: { address: string }, msg: Uint8Array, timeoutMs: number): Promise<Uint8Array>;
+    tcp(server: { address: string }, msg: Uint8Array, timeoutMs: number): Promise<Uint8Array>;
+  };
+  now(): number;
+  log: { warn(msg: string, fields: Record<string, unknown>): void };
+}
+
+/** Timing rules. */
+export interface ForwarderOptions {
+  /** Lowest TTL an answer's addresses are kept for (seconds). */
+  minTtl: number;
+  /** Kept this much longer than the TTL (seconds). */
+  grace: number;
+  /** Longest an answer is held for its set update (ms); then SERVFAIL. */
+  holdMs: number;
+  upstreamTimeoutMs: number;
+  /** Where the daemon's own lookups of protected names go. */
+  ownResolvers: string[];
+  /** Where Docker's embedded DNS forwards when the container was given no `--dns`. */
+  fallbackResolvers: string[];
+  /** Whether the DNS guard lets DNS go to this resolver (`--dns`): others are not forwarded to. */
+  resolverAllowed(address: string): boolean;
+}
+
+/** A container to steer, before its resolvers are known. */
+export type SteerRequest = Omit<FqdnTarget, "resolvers"> & { dockerDns?: string[] };
+
+interface Steered {
+  target: FqdnTarget;
+  key: string;
+  listeners: OpenedListeners;
+  /** set -> address -> expiry (ms) as written. */
+  written: Map<string, Map<string, number>>;
+  /** Question names seen, with counts (at most 200 kept). */
+  seen: Map<string, number>;
+  /** Its rules (and so its sets) are in: answers for other containers may be written into it. */
+  ready: boolean;
+}
+
+/** Counters for metrics. */
+export interface ForwarderStats {
+  queries: number;
+  held: number;
+  servfails: number;
+  setUpdates: number;
+  upstreamErrors: number;
+  /** Hold times (ms) since the last read. */
+  holds: number[];
+}
+
+/** Per container, for status. */
+export interface SteeredStatus {
+  id: string;
+  name: string;
+  policy: Policy;
+  patterns: string[];
+  resolvers: string[];
+  names: { name: string; count: number }[];
+  sets: { set: string; entries: number }[];
+}
+
+export class DnsForwarder {
+  private readonly byKey = new Map<string, Steered>();
+  private readonly byId = new Map<string, Steered>();
+  /** Protected patterns: what is known of their addresses (address -> {expiry ms, ttl s}). */
+  private readonly book = new Map<string, Map<string, { expiry: number; ttl: number }>>();
+  private readonly refresh = new Map<string, ReturnType<typeof setTimeout>>();
+  readonly stats: ForwarderStats = {
+    queries: 0,
+    held: 0,
+    servfails: 0,
+    setUpdates: 0,
+    upstreamErrors: 0,
+    holds: [],
+  };
+
+  constructor(private readonly io: ForwarderIo, private readonly opts: ForwarderOptions) {}
+
+  /** {@link prepare}, finding the container's resolvers first (its resolv.conf, Docker's `--dns`). */
+  async steer(r: SteerRequest): Promise<{ nft: string; ipset: string }> {
+    const conf = await readContainerResolvConf(r.pid);
+    const resolvers = containerResolvers(conf, r.dockerDns, this.opts.fallbackResolvers)
+      .filter((a) => this.opts.resolverAllowed(a));
+    if (resolvers.length === 0) {
+      this.io.log.warn("no resolver the DNS guard allows: its DNS answers will all be SERVFAIL", {
+        container: r.name,
+      });
+    }
+    const { dockerDns: _, ...rest } = r;
+    return await this.prepare({ ...rest, resolvers });
+  }
+
+  /**
+   * Before its rules go in: open (or keep) the container's listeners and work out what goes into its
+   * namespace with the rules: the steering (nft) and the set entries already known (ipset).
+   */
+  async prepare(t: FqdnTarget): Promise<{ nft: string; ipset: string }> {
+    let s = this.byId.get(t.id);
+    if (s && (s.target.pid !== t.pid || s.target.resolvers.length !== t.resolvers.length)) {
+      this.release(t.id);
+      s = undefined;
+    }
+    if (!s) {
+      const key = `${t.id.slice(0, 12)}-${t.pid}`;
+      const listeners = await this.io.listeners.open(
+        key,
+        `/proc/${t.pid}/ns/net`,
+        Math.max(1, t.resolvers.length),
+      );
+      s = { target: t, key, listeners, written: new Map(), seen: new Map(), ready: false };
+      this.byKey.set(key, s);
+      this.byId.set(t.id, s);
+    }
+    s.target = t;
+    let entries: SetEntry[] = [];
+    if (t.policy === "protect") {
+      await Promise.race([
+        Promise.all(t.patterns.filter((p) => !p.startsWith("*.")).map((p) => this.lookUp(p))),
+        new Promise((r) => setTimeout(r, this.opts.holdMs)),
+      ]);
+      const now = this.io.now();
+      for (const p of t.patterns) {
+        for (const [addr, v] of this.book.get(p) ?? []) {
+          if (v.expiry > now) entries.push(...this.entry(s, p, addr, (v.expiry - now) / 1000, now));
+        }
+      }
+      entries = entries.filter(Boolean);
+    }
+    return {
+      nft: steeringText(t.resolvers, s.listeners.ports, s.listeners.v6),
+      ipset: ipsetText([], entries),
+    };
+  }
+
+  /** Its rules (with the sets) are in place. */
+  activate(id: string): void {
+    const s = this.byId.get(id);
+    if (s) s.ready = true;
+  }
+
+  /** The container is gone (or no longer has names): close its listeners. */
+  release(id: string): boolean {
+    const s = this.byId.get(id);
+    if (!s) return false;
+    this.io.listeners.close(s.key);
+    this.byId.delete(id);
+    this.byKey.delete(s.key);
+    this.forgetUnused();
+    return true;
+  }
+
+  has(id: string): boolean {
+    return this.byId.has(id);
+  }
+
+  /** One query from a container's namespace: its answer, held until the sets hold the addresses. */
+  async handle(q: NsQuery): Promise<Uint8Array | null> {
+    const s = this.byKey.get(q.key);
+    const query = readQuery(q.data);
+    if (!query) return null;
+    this.stats.queries++;
+    if (!s) return servfail(q.data);
+    if (s.seen.size < 200 || s.seen.has(query.qname)) {
+      s.seen.set(query.qname, (s.seen.get(query.qname) ?? 0) + 1);
+    }
+    const server = s.target.resolvers[q.index] ?? s.target.resolvers[0];
+    if (!server) return this.fail(s, q, "no resolver to send it to");
+    let resp: Uint8Array;
+    try {
+      // Sent on with an id of ours, not the container's (which it knows, and could forge a reply with);
+      // the answer gets the container's id back, and is otherwise passed on as it came.
+      const ours = withId(q.data, crypto.getRandomValues(new Uint16Array(1))[0]) ?? q.data;
+      const got = q.tcp
+        ? await this.io.upstream.tcp({ address: server }, ours, this.opts.upstreamTimeoutMs)
+        : await this.io.upstream.udp({ address: server }, ours, this.opts.upstreamTimeoutMs);
+      resp = withId(got, query.id) ?? got;
+    } catch (err) {
+      this.stats.upstreamErrors++;
+      return this.fail(s, q, `resolver ${server}: ${(err as Error).message}`);
+    }
+    const ans = readAnswer(resp);
+    if (!ans || ans.addresses.length === 0) return resp;
+    this.learn(ans.qname, ans.addresses, s);
+    const now = this.io.now();
+    const entries: SetEntry[] = [];
+    for (const p of s.target.patterns) {
+      if (!patternMatches(p, ans.qname)) continue;
+      for (const a of ans.addresses) entries.push(...this.entry(s, p, a.address, a.ttl, now));
+    }
+    if (entries.length === 0) return resp;
+    this.stats.held++;
+    const t0 = performance.now();
+    try {
+      await this.write(s, entries, this.opts.holdMs);
+    } catch (err) {
+      this.unwrite(s, entries);
+      return this.fail(s, q, `sets not updated: ${(err as Error).message}`);
+    }
+    this.stats.holds.push(performance.now() - t0);
+    if (this.stats.holds.length > 10_000) this.stats.holds.splice(0, 5_000);
+    return resp;
+  }
+
+  /** Per container: names seen and set sizes (entries not yet expired, as written). */
+  status(): SteeredStatus[] {
+    const now = this.io.now();
+    return [...this.byId.values()].map((s) => ({
+      id: s.target.id,
+      name: s.target.name,
+      policy: s.target.policy,
+      patterns: s.target.patterns,
+      resolvers: s.target.resolvers,
+      names: [...s.seen].map(([name, count]) => ({ name, count })),
+      sets: [...s.written].map(([set, m]) => ({
+        set,
+        entries: [...m.values()].filter((e) => e > now).length,
+      })),
+    }));
+  }
+
+  /** The set entries an address needs for a pattern in one container: none if what is there lasts. */
+  private entry(s: Steered, pattern: string, address: string, ttl: number, now: number): SetEntry[] {
+    const family = address.includes(":") ? "ipv6" : "ipv4";
+    const set = setName(pattern, family);
+    const keep = Math.max(ttl, this.opts.minTtl);
+    const have = s.written.get(set)?.get(address) ?? 0;
+    if (have >= now + keep * 1000) return [];
+    return [{ set, address, timeout: keep + this.opts.grace }];
+  }
+
+  private async write(s: Steered, entries: SetEntry[], withinMs: number): Promise<void> {
+    const now = this.io.now();
+    for (const e of entries) {
+      let m = s.written.get(e.set);
+      if (!m) s.written.set(e.set, m = new Map());
+      // What the kernel has let expire is forgotten here too, so the bookkeeping stays as small as the set.
+      if (m.size >= 1024) { for (const [a, exp] of m) if (exp <= now) m.delete(a); }
+      m.set(e.address, now + e.timeout * 1000);
+    }
+    this.stats.setUpdates++;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        this.io.sets.add(s.target.pid, entries),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`not done within ${withinMs} ms`)), withinMs);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private unwrite(s: Steered, entries: SetEntry[]) {
+    for (const e of entries) s.written.get(e.set)?.delete(e.address);
+  }
+
+  private fail(s: Steered, q: NsQuery, why: string): Uint8Array | null {
+    this.stats.servfails++;
+    this.io.log.warn("dns answer refused (SERVFAIL)", { container: s.target.name, reason: why });
+    return servfail(q.data);
+  }
+
+  /**
+   * What an answer says about protected names goes to every container protecting them (not awaited: only
+   * the asking container's own answer is held).
+   */
+  private learn(qname: string, addresses: { address: string; ttl: number }[], from?: Steered) {
+    const now = this.io.now();
+    for (const p of this.protectedPatterns()) {
+      if (!patternMatches(p, qname)) continue;
+      let m = this.book.get(p);
+      if (!m) this.book.set(p, m = new Map());
+      if (m.size >= 1024) { for (const [a, v] of m) if (v.expiry <= now) m.delete(a); }
+      for (const a of addresses) {
+        const keep = Math.max(a.ttl, this.opts.minTtl) + this.opts.grace;
+        m.set(a.address, { expiry: now + keep * 1000, ttl: a.ttl });
+      }
+      for (const s of this.byId.values()) {
+        if (s === from || !s.ready || s.target.policy !== "protect" || !s.target.patterns.includes(p)) {
+          continue;
+        }
+        const entries = addresses.flatMap((a) => this.entry(s, p, a.address, a.ttl, now));
+        if (entries.length) {
+          this.write(s, entries, 5000).catch((err) => {
+            this.unwrite(s, entries);
+            this.io.log.warn("protected name's addresses not written", {
+              container: s.target.name,
+              name: qname,
+              error: (err as Error).message,
+            });
+          });
+        }
+      }
+    }
+  }
+
+  private protectedPatterns(): Set<string> {
+    const out = new Set<string>();
+    for (const s of this.byId.values()) {
+      if (s.target.policy === "protect") { for (const p of s.target.patterns) out.add(p); }
+    }
+    return out;
+  }
+
+  /** The daemon's own lookup of a protected name (A and AAAA), repeated as the TTL runs out. */
+  private async lookUp(pattern: string): Promise<void> {
+    const server = this.opts.ownResolvers[0];
+    if (!server || this.refresh.has(pattern)) return;
+    let ttl = this.opts.minTtl;
+    for (const type of ["A", "AAAA"] as const) {
+      try {
+        const resp = await this.io.upstream.udp(
+          { address: server },
+          encodeQuery(pattern, type),
+          this.opts.upstreamTimeoutMs,
+        );
+        const ans = readAnswer(resp);
+        if (!ans || ans.addresses.length === 0) continue;
+        ttl = Math.max(this.opts.minTtl, Math.min(...ans.addresses.map((a) => a.ttl)));
+        this.learn(ans.qname, ans.addresses);
+      } catch (err) {
+        this.io.log.warn("own lookup of a protected name failed", {
+          name: pattern,
+          error: (err as Error).message,
+        });
+      }
+    }
+    if (!this.protectedPatterns().has(pattern)) return;
+    const timer = setTimeout(() => {
+      this.refresh.delete(pattern);
+      if (this.protectedPatterns().has(pattern)) this.lookUp(pattern);
+    }, ttl * 1000);
+    Deno.unrefTimer(timer as unknown as number);
+    this.refresh.set(pattern, timer);
+  }
+
+  private forgetUnused() {
+    const used = this.protectedPatterns();
+    for (const [p, t] of this.refresh) if (!used.has(p)) clearTimeout(t), this.refresh.delete(p);
+    for (const p of [...this.book.keys()]) if (!used.has(p)) this.book.delete(p);
+  }
+
+  /** Stop refreshing; listeners are the caller's. */
+  stop() {
+    for (const t of this.refresh.values()) clearTimeout(t);
+    this.refresh.clear();
+  }
+}

@@ -1,0 +1,219 @@
+/**
+ * A worker thread that opens DNS listeners inside containers' network namespaces (see listeners.ts).
+ *
+ * A socket belongs to the network namespace of the thread that creates it, whatever thread uses it
+ * afterwards. This worker has a thread of its own: it switches that thread into a container's namespace
+ * (setns(2), through FFI), binds UDP and TCP listeners on the namespace's loopback, and switches straight
+ * back before doing anything else. The listeners then relay queries to the main thread and answers back.
+ * Nothing else runs on this thread, and every open is done start to finish before the next, so no other
+ * socket is ever made in a container's namespace.
+ */
+/// <reference lib="deno.worker" />
+import dgram from "node:dgram";
+import net from "node:net";
+
+const CLONE_NEWNET = 0x40000000;
+const O_RDONLY = 0, O_CLOEXEC = 0x80000;
+
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  setns: { parameters: ["i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+});
+const cstr = (s: string) => new TextEncoder().encode(s + "\0");
+const home = libc.symbols.open(cstr("/proc/thread-self/ns/net"), O_RDONLY | O_CLOEXEC);
+
+/** Messages from the main thread. */
+export type ToWorker =
+  | { op: "open"; key: string; ns: string; count: number }
+  | { op: "close"; key: string }
+  | { op: "answer"; key: string; req: number; data: Uint8Array | null };
+
+/** Messages to the main thread. */
+export type FromWorker =
+  | { op: "opened"; key: string; ports: number[]; v6: boolean }
+  | { op: "failed"; key: string; error: string }
+  | { op: "query"; key: string; req: number; index: number; tcp: boolean; data: Uint8Array };
+
+interface Group {
+  udp: dgram.Socket[];
+  tcp: net.Server[];
+  conns: Set<net.Socket>;
+}
+
+const groups = new Map<string, Group>();
+const pending = new Map<number, (data: Uint8Array | null) => void>();
+let nextReq = 1;
+
+function post(m: FromWorker) {
+  self.postMessage(m);
+}
+
+function ask(key: string, index: number, tcp: boolean, data: Uint8Array): Promise<Uint8Array | null> {
+  const req = nextReq++;
+  return new Promise((resolve) => {
+    pending.set(req, resolve);
+    post({ op: "query", key, req, index, tcp, data });
+  });
+}
+
+function bindUdp(type: "udp4" | "udp6", address: string, port: number): Promise<dgram.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = dgram.createSocket({ type, reuseAddr: false });
+    s.once("error", reject);
+    s.bind({ address, port, exclusive: true }, () => {
+      s.off("error", reject);
+      resolve(s);
+    });
+  });
+}
+
+function listenTcp(address: string, port: number): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    // Half-open allowed: a client may shut down its sending side right after its query (`printf ... | nc`
+    // does) and still wait for the answer, which is written after the query has gone upstream and back.
+    const srv = net.createServer({ allowHalfOpen: true });
+    srv.once("error", reject);
+    srv.listen({ host: address, port, exclusive: true }, () => {
+      srv.off("error", reject);
+      resolve(srv);
+    });
+  });
+}
+
+function serveUdp(key: string, index: number, s: dgram.Socket) {
+  s.on("error", () => {});
+  s.on("message", async (msg, rinfo) => {
+    if (msg.length < 12 || msg.length > 4096) return;
+    const answer = await ask(key, index, false, new Uint8Array(msg));
+    if (answer) s.send(answer, rinfo.port, rinfo.address);
+  });
+}
+
+/** DNS over TCP: 2-byte length, then the message; answered in order, one at a time per connection. */
+function serveTcp(key: string, index: number, srv: net.Server, conns: Set<net.Socket>) {
+  srv.on("error", () => {});
+  srv.on("connection", (c) => {
+    conns.add(c);
+    c.setTimeout(10_000, () => c.destroy());
+    let buf = new Uint8Array(0);
+    let busy = false;
+    /** The client sent everything it will: close once the answers to what it sent are written. */
+    let ended = false;
+    const pump = async () => {
+      if (busy) return;
+      busy = true;
+      while (buf.length >= 2) {
+        const len = (buf[0] << 8) | buf[1];
+        if (len < 12) return c.destroy();
+        if (buf.length < 2 + len) break;
+        const msg = buf.slice(2, 2 + len);
+        buf = buf.slice(2 + len);
+        const answer = await ask(key, index, true, msg);
+        if (!answer) return c.destroy();
+        const out = new Uint8Array(2 + answer.length);
+        out[0] = answer.length >> 8;
+        out[1] = answer.length & 0xff;
+        out.set(answer, 2);
+        c.write(out);
+      }
+      busy = false;
+      if (ended) c.end();
+    };
+    c.on("data", (d: Uint8Array) => {
+      if (buf.length + d.length > 70_000) return c.destroy();
+      const next = new Uint8Array(buf.length + d.length);
+      next.set(buf);
+      next.set(d, buf.length);
+      buf = next;
+      pump();
+    });
+    c.on("end", () => {
+      ended = true;
+      if (!busy) c.end();
+    });
+    c.on("error", () => {});
+    c.on("close", () => conns.delete(c));
+  });
+}
+
+async function open(key: string, ns: string, count: number): Promise<FromWorker> {
+  if (home < 0) return { op: "failed", key, error: "cannot open this thread's own network namespace" };
+  const fd = libc.symbols.open(cstr(ns), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return { op: "failed", key, error: `cannot open ${ns}` };
+  const g: Group = { udp: [], tcp: [], conns: new Set() };
+  const ports: number[] = [];
+  let v6 = true;
+  let error: string | undefined;
+  if (libc.symbols.setns(fd, CLONE_NEWNET) !== 0) {
+    libc.symbols.close(fd);
+    return { op: "failed", key, error: `cannot enter ${ns}` };
+  }
+  try {
+    for (let i = 0; i < count; i++) {
+      // Port 0: the kernel picks a free port in that namespace; TCP and IPv6 take the same number.
+      const u4 = await bindUdp("udp4", "127.0.0.1", 0);
+      g.udp.push(u4);
+      const port = u4.address().port;
+      g.tcp.push(await listenTcp("127.0.0.1", port));
+      if (v6) {
+        try {
+          g.udp.push(await bindUdp("udp6", "::1", port));
+          g.tcp.push(await listenTcp("::1", port));
+        } catch {
+          v6 = false; // no IPv6 loopback there (IPv6 switched off): the steering leaves IPv6 DNS alone
+        }
+      }
+      ports.push(port);
+      serveUdp(key, i, u4);
+      serveTcp(key, i, g.tcp[g.tcp.length - (v6 ? 2 : 1)], g.conns);
+      if (v6) {
+        serveUdp(key, i, g.udp[g.udp.length - 1]);
+        serveTcp(key, i, g.tcp[g.tcp.length - 1], g.conns);
+      }
+    }
+  } catch (err) {
+    error = (err as Error).message;
+  } finally {
+    // Back home before anything else can run on this thread.
+    if (libc.symbols.setns(home, CLONE_NEWNET) !== 0) {
+      // Never keep running in a container's namespace.
+      Deno.exit(70);
+    }
+    libc.symbols.close(fd);
+  }
+  if (error !== undefined) {
+    shut(g);
+    return { op: "failed", key, error };
+  }
+  groups.set(key, g);
+  return { op: "opened", key, ports, v6 };
+}
+
+function shut(g: Group) {
+  for (const s of g.udp) s.close();
+  for (const s of g.tcp) s.close();
+  for (const c of g.conns) c.destroy();
+}
+
+let queue = Promise.resolve();
+self.onmessage = (e: MessageEvent<ToWorker>) => {
+  const m = e.data;
+  if (m.op === "answer") {
+    const r = pending.get(m.req);
+    pending.delete(m.req);
+    r?.(m.data);
+  } else if (m.op === "open") {
+    // One open at a time, start to finish: see the module comment.
+    queue = queue.then(async () => {
+      const old = groups.get(m.key);
+      if (old) shut(old), groups.delete(m.key);
+      post(await open(m.key, m.ns, m.count));
+    });
+  } else if (m.op === "close") {
+    queue = queue.then(() => {
+      const g = groups.get(m.key);
+      if (g) shut(g), groups.delete(m.key);
+    });
+  }
+};
