@@ -185,9 +185,17 @@ export const READ_SCRIPT =
   "iptables-save -c -t filter && iptables-save -t raw && echo '#--egresstrator-ipv6--' && " +
   "ip6tables-save -c -t filter && ip6tables-save -t raw";
 
-/** {@link READ_SCRIPT}, or the IPv4 tables alone on a kernel without IPv6. */
+/**
+ * The DNS steering of rules by DNS name, read with the tables (last, so it counts with the last family):
+ * a steering taken out or changed is drift like a flushed table. Nothing where there is no nft, or no
+ * steering.
+ */
+const READ_STEERING =
+  "{ command -v nft >/dev/null 2>&1 && nft list table inet egresstrator 2>/dev/null || true; }";
+
+/** {@link READ_SCRIPT} (and the steering), or the IPv4 tables alone on a kernel without IPv6. */
 export function readScript(ipv6: boolean): string {
-  return ipv6 ? READ_SCRIPT : "iptables-save -c -t filter && iptables-save -t raw";
+  return `${ipv6 ? READ_SCRIPT : "iptables-save -c -t filter && iptables-save -t raw"} && ${READ_STEERING}`;
 }
 
 /**

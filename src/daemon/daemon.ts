@@ -45,7 +45,9 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   const metrics = new Metrics();
   const applier = makeApplier(config, docker, log);
   // Rules by DNS name: the forwarder needs to enter namespaces itself, so nsenter mode only.
-  const dns = applier.mode === "nsenter" ? startDns(config, log) : undefined;
+  const dns = applier.mode === "nsenter"
+    ? startDns(config, log, (ids) => ids.forEach((id) => reconciler.mark(id)))
+    : undefined;
   const rules: LiveRules = new LiveRules({
     source: ctx.source,
     consul: ctx.consul,

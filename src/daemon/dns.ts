@@ -9,6 +9,7 @@ import type { Metrics } from "./metrics.ts";
 import { DnsForwarder } from "../fqdn/forwarder.ts";
 import { NsListeners } from "../fqdn/listeners.ts";
 import { SetWriter } from "../fqdn/sets.ts";
+import { NetlinkSets } from "../fqdn/netlink_sets.ts";
 import { queryTcp, queryUdp } from "../fqdn/upstream.ts";
 import { hostResolvers } from "../fqdn/resolvers.ts";
 import { denoRunner } from "../apply/applier.ts";
@@ -42,15 +43,31 @@ export interface DaemonDns {
 
 const HOLD_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 
-export function startDns(config: Config, log: Logger): DaemonDns {
+/**
+ * Start the forwarder. `resteer` gets the containers to apply again when the listener thread died (their
+ * steering points at listeners that are gone: nothing resolves there until they are applied again).
+ */
+export function startDns(
+  config: Config,
+  log: Logger,
+  resteer: (ids: string[]) => void = () => {},
+): DaemonDns {
   const writer = new SetWriter(denoRunner, { timeoutMs: 5000 });
   // deno-lint-ignore prefer-const
   let forwarder: DnsForwarder;
-  const listeners = new NsListeners((q) => forwarder.handle(q));
+  const listeners = new NsListeners((q) => forwarder.handle(q), (error) => {
+    const ids = forwarder.dropAll();
+    log.error("DNS listener thread failed; steering those containers again", {
+      error,
+      containers: ids.length,
+    });
+    resteer(ids);
+  });
   const upstreamDefault = config.fqdnUpstream.length ? config.fqdnUpstream : hostResolvers();
   forwarder = new DnsForwarder({
     listeners,
     sets: writer,
+    netlink: (fd) => new NetlinkSets(fd),
     upstream: {
       udp: (s, m, t) => queryUdp(s, m, t),
       tcp: (s, m, t) => queryTcp(s, m, t),

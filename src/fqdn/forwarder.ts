@@ -37,6 +37,8 @@ export interface ForwarderIo {
     close(key: string): void;
   };
   sets: SetSink;
+  /** A namespace's own netlink channel to its ipsets (the fd the listener thread made there), if any. */
+  netlink?: (fd: number) => { add(entries: SetEntry[]): Promise<void>; close(): void };
   upstream: {
     udp(server: { address: string }, msg: Uint8Array, timeoutMs: number): Promise<Uint8Array>;
     tcp(server: { address: string }, msg: Uint8Array, timeoutMs: number): Promise<Uint8Array>;
@@ -75,6 +77,28 @@ interface Steered {
   seen: Map<string, number>;
   /** Its rules (and so its sets) are in: answers for other containers may be written into it. */
   ready: boolean;
+  /** Its ipsets over netlink: no process per update (else `ipset restore` through nsenter). */
+  nl?: { add(entries: SetEntry[]): Promise<void>; close(): void };
+  /** Writes under way, by `<set> <address>`. */
+  inflight: Map<string, Promise<void>>;
+}
+
+const inflightKey = (set: string, address: string) => `${set} ${address}`;
+const familyOf = (address: string) => (address.includes(":") ? "ipv6" as const : "ipv4" as const);
+
+/** `p`, or a rejection once `ms` have passed. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`not done within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Counters for metrics. */
@@ -147,7 +171,19 @@ export class DnsForwarder {
         `/proc/${t.pid}/ns/net`,
         Math.max(1, t.resolvers.length),
       );
-      s = { target: t, key, listeners, written: new Map(), seen: new Map(), ready: false };
+      const nl = listeners.netlink !== undefined && listeners.netlink >= 0 && this.io.netlink
+        ? this.io.netlink(listeners.netlink)
+        : undefined;
+      s = {
+        target: t,
+        key,
+        listeners,
+        written: new Map(),
+        seen: new Map(),
+        ready: false,
+        nl,
+        inflight: new Map(),
+      };
       this.byKey.set(key, s);
       this.byId.set(t.id, s);
     }
@@ -183,10 +219,21 @@ export class DnsForwarder {
     const s = this.byId.get(id);
     if (!s) return false;
     this.io.listeners.close(s.key);
+    s.nl?.close();
     this.byId.delete(id);
     this.byKey.delete(s.key);
     this.forgetUnused();
     return true;
+  }
+
+  /** The listeners are all gone (their thread died): forget every container; their ids, to steer again. */
+  dropAll(): string[] {
+    const ids = [...this.byId.keys()];
+    for (const s of this.byId.values()) s.nl?.close();
+    this.byId.clear();
+    this.byKey.clear();
+    this.forgetUnused();
+    return ids;
   }
 
   has(id: string): boolean {
@@ -223,15 +270,27 @@ export class DnsForwarder {
     this.learn(ans.qname, ans.addresses, s);
     const now = this.io.now();
     const entries: SetEntry[] = [];
+    // An address another answer is being written for right now: this answer waits for that write too.
+    const waits = new Set<Promise<void>>();
     for (const p of s.target.patterns) {
       if (!patternMatches(p, ans.qname)) continue;
-      for (const a of ans.addresses) entries.push(...this.entry(s, p, a.address, a.ttl, now));
+      for (const a of ans.addresses) {
+        const need = this.entry(s, p, a.address, a.ttl, now);
+        if (need.length) entries.push(...need);
+        else {
+          const w = s.inflight.get(inflightKey(setName(p, familyOf(a.address)), a.address));
+          if (w) waits.add(w);
+        }
+      }
     }
-    if (entries.length === 0) return resp;
+    if (entries.length === 0 && waits.size === 0) return resp;
     this.stats.held++;
     const t0 = performance.now();
     try {
-      await this.write(s, entries, this.opts.holdMs);
+      await within(
+        Promise.all([...(entries.length ? [this.write(s, entries)] : []), ...waits]),
+        this.opts.holdMs,
+      );
     } catch (err) {
       this.unwrite(s, entries);
       return this.fail(s, q, `sets not updated: ${(err as Error).message}`);
@@ -268,7 +327,11 @@ export class DnsForwarder {
     return [{ set, address, timeout: keep + this.opts.grace }];
   }
 
-  private async write(s: Steered, entries: SetEntry[], withinMs: number): Promise<void> {
+  /**
+   * Write entries; the bookkeeping counts them at once, and until the write is done an answer that finds
+   * them there waits for it (see {@link handle}) rather than being released before they are in.
+   */
+  private write(s: Steered, entries: SetEntry[]): Promise<void> {
     const now = this.io.now();
     for (const e of entries) {
       let m = s.written.get(e.set);
@@ -278,17 +341,31 @@ export class DnsForwarder {
       m.set(e.address, now + e.timeout * 1000);
     }
     this.stats.setUpdates++;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      await Promise.race([
-        this.io.sets.add(s.target.pid, entries),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`not done within ${withinMs} ms`)), withinMs);
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
+    const done = this.setAdd(s, entries);
+    const keys = entries.map((e) => inflightKey(e.set, e.address));
+    for (const k of keys) s.inflight.set(k, done);
+    const clear = () => {
+      for (const k of keys) if (s.inflight.get(k) === done) s.inflight.delete(k);
+    };
+    done.then(clear, clear);
+    return done;
+  }
+
+  /** Over the namespace's netlink channel; through a process if there is none, or it failed. */
+  private async setAdd(s: Steered, entries: SetEntry[]): Promise<void> {
+    if (s.nl) {
+      try {
+        return await s.nl.add(entries);
+      } catch (err) {
+        this.io.log.warn("set update over netlink failed; using ipset restore", {
+          container: s.target.name,
+          error: (err as Error).message,
+        });
+        s.nl.close();
+        s.nl = undefined;
+      }
     }
+    await this.io.sets.add(s.target.pid, entries);
   }
 
   private unwrite(s: Steered, entries: SetEntry[]) {
@@ -322,7 +399,7 @@ export class DnsForwarder {
         }
         const entries = addresses.flatMap((a) => this.entry(s, p, a.address, a.ttl, now));
         if (entries.length) {
-          this.write(s, entries, 5000).catch((err) => {
+          within(this.write(s, entries), 5000).catch((err) => {
             this.unwrite(s, entries);
             this.io.log.warn("protected name's addresses not written", {
               container: s.target.name,

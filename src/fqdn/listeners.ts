@@ -21,6 +21,8 @@ export interface OpenedListeners {
   ports: number[];
   /** IPv6 listeners too (on ::1, same ports). */
   v6: boolean;
+  /** A netlink socket made in that namespace (for its ipsets), or -1; the caller closes it. */
+  netlink?: number;
 }
 
 /** The listeners of every steered container; the worker starts on first use. */
@@ -30,7 +32,11 @@ export class NsListeners {
     string,
     { resolve: (o: OpenedListeners) => void; reject: (e: Error) => void }
   >();
-  constructor(private readonly handler: (q: NsQuery) => Promise<Uint8Array | null>) {}
+  constructor(
+    private readonly handler: (q: NsQuery) => Promise<Uint8Array | null>,
+    /** The thread died and every listener with it (steered DNS then gets no answer, fails closed). */
+    private readonly onLost: (error: string) => void = () => {},
+  ) {}
 
   private start(): Worker {
     if (this.worker) return this.worker;
@@ -42,6 +48,8 @@ export class NsListeners {
       for (const [, p] of this.waiting) p.reject(new Error(`DNS listener thread failed: ${e.message}`));
       this.waiting.clear();
       if (this.worker === w) this.worker = undefined;
+      w.terminate();
+      this.onLost(e.message);
     };
     this.worker = w;
     return w;
@@ -56,7 +64,7 @@ export class NsListeners {
     const p = this.waiting.get(m.key);
     if (!p) return;
     this.waiting.delete(m.key);
-    if (m.op === "opened") p.resolve({ ports: m.ports, v6: m.v6 });
+    if (m.op === "opened") p.resolve({ ports: m.ports, v6: m.v6, netlink: m.netlink });
     else p.reject(new Error(m.error));
   }
 

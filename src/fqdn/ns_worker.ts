@@ -19,7 +19,20 @@ const libc = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32"], result: "i32" },
   setns: { parameters: ["i32", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
 });
+const AF_NETLINK = 16, SOCK_RAW = 3, SOCK_CLOEXEC = 0x80000, NETLINK_NETFILTER = 12;
+const SOL_SOCKET = 1, SO_RCVTIMEO = 20;
+
+/** A netlink socket to this thread's current namespace's netfilter (ipset), or -1; 1 s receive timeout. */
+function netlinkSocket(): number {
+  const fd = libc.symbols.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  if (fd < 0) return -1;
+  const tv = new BigInt64Array([1n, 0n]); // struct timeval: 1 s
+  libc.symbols.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, new Uint8Array(tv.buffer), 16);
+  return fd;
+}
 const cstr = (s: string) => new TextEncoder().encode(s + "\0");
 const home = libc.symbols.open(cstr("/proc/thread-self/ns/net"), O_RDONLY | O_CLOEXEC);
 
@@ -31,7 +44,7 @@ export type ToWorker =
 
 /** Messages to the main thread. */
 export type FromWorker =
-  | { op: "opened"; key: string; ports: number[]; v6: boolean }
+  | { op: "opened"; key: string; ports: number[]; v6: boolean; netlink: number }
   | { op: "failed"; key: string; error: string }
   | { op: "query"; key: string; req: number; index: number; tcp: boolean; data: Uint8Array };
 
@@ -144,6 +157,7 @@ async function open(key: string, ns: string, count: number): Promise<FromWorker>
   const g: Group = { udp: [], tcp: [], conns: new Set() };
   const ports: number[] = [];
   let v6 = true;
+  let netlink = -1;
   let error: string | undefined;
   if (libc.symbols.setns(fd, CLONE_NEWNET) !== 0) {
     libc.symbols.close(fd);
@@ -172,6 +186,8 @@ async function open(key: string, ns: string, count: number): Promise<FromWorker>
         serveTcp(key, i, g.tcp[g.tcp.length - 1], g.conns);
       }
     }
+    // For the set updates (netlink_sets.ts): made here, so it talks to this namespace's ipsets.
+    netlink = netlinkSocket();
   } catch (err) {
     error = (err as Error).message;
   } finally {
@@ -184,10 +200,11 @@ async function open(key: string, ns: string, count: number): Promise<FromWorker>
   }
   if (error !== undefined) {
     shut(g);
+    if (netlink >= 0) libc.symbols.close(netlink);
     return { op: "failed", key, error };
   }
   groups.set(key, g);
-  return { op: "opened", key, ports, v6 };
+  return { op: "opened", key, ports, v6, netlink };
 }
 
 function shut(g: Group) {

@@ -8,7 +8,7 @@
  * CNAMEs, a resolver named in the container's own resolv.conf (UDP and TCP), and AAAA over IPv6.
  */
 import assert from "node:assert/strict";
-import { type DaemonProc, waitFor } from "../support/egresstrator.ts";
+import { containerPid, type DaemonProc, waitFor } from "../support/egresstrator.ts";
 import {
   createDualStackNetwork,
   getMetrics,
@@ -160,10 +160,32 @@ Deno.test("fqdn allowlist: a name rotating over three servers (TTL 1) is reached
       const down = await lookThenConnect(client.id, env.d.host, "svc.test", 3);
       assert.equal(down.ok + down.refused, 0, `resolved with the daemon down: ${down.raw}`);
       assert.equal(await connects(client.id, env.d.host, ips[3]), false);
-      p = await env.daemon(["--fqdn-upstream", dns.ip, "--fqdn-min-ttl", "2s"]);
+      p = await env.daemon(["--fqdn-upstream", dns.ip, "--fqdn-min-ttl", "2s", "--resync-interval", "1s"]);
       await applied(p, client.name);
       const again = await lookThenConnect(client.id, env.d.host, "svc.test", 10);
       assert.equal(again.ok, 10, again.raw);
+
+      // The steering taken out from outside is drift, like a flushed table: it is put back.
+      const pid = await containerPid(client.id, env.d.host);
+      const del = await new Deno.Command("nsenter", {
+        args: [`--net=/proc/${pid}/ns/net`, "--", "nft", "delete", "table", "inet", "egresstrator"],
+      }).output();
+      assert.ok(del.success, new TextDecoder().decode(del.stderr));
+      await p.waitForLog(
+        (e) => e.msg === "rules drifted; re-applying" && e.container === client.name,
+        20_000,
+        "the missing steering seen as drift",
+      );
+      await waitFor(
+        () =>
+          p.logs().filter((e) => e.msg === "applied" && e.container === client.name).length >= 2 || undefined,
+        20_000,
+        "re-applied after the drift",
+      );
+      const repaired = await lookThenConnect(client.id, env.d.host, "svc.test", 5);
+      assert.equal(repaired.ok, 5, repaired.raw);
+      // Set updates went over the namespaces' netlink channels, never through the fallback.
+      assert.ok(!p.logs().some((e) => /netlink failed/.test(String(e.msg))), "a netlink set update failed");
       assert.equal((await p.stop()).code, 0);
     });
   });

@@ -317,3 +317,65 @@ Deno.test("enforce: rules with DNS names and no forwarder (set, the gate alone, 
   const plain = await withDns({}, { id: "x", name: "app", pid: 1 }, { ...built, fqdn: [] });
   assert.deepEqual(plain, { rendered: built.rendered, hash: "h" });
 });
+
+Deno.test("netlink sets: IPSET_CMD_ADD as `ipset -exist add <set> <ip> timeout <s>` sends it; acks by sequence", async () => {
+  const { addMessage, readAcks } = await import("../../src/fqdn/netlink_sets.ts");
+  const m = addMessage(7, { set: "egr4-aaaaaaaaaaaa", address: "10.1.2.3", timeout: 34.2 });
+  const v = new DataView(m.buffer);
+  assert.equal(v.getUint32(0, true), m.length);
+  assert.equal(v.getUint16(4, true), (6 << 8) | 9, "NFNL_SUBSYS_IPSET, IPSET_CMD_ADD");
+  assert.equal(v.getUint16(6, true), 1 | 4, "REQUEST|ACK, no EXCL: an existing entry gets the new timeout");
+  assert.equal(v.getUint32(8, true), 7);
+  assert.equal(m[16], 2, "NFPROTO_IPV4");
+  const hex = Array.from(m.slice(20), (b) => b.toString(16).padStart(2, "0")).join("");
+  assert.ok(hex.startsWith("0500010007000000"), `protocol 7 first: ${hex}`);
+  assert.ok(
+    hex.includes(
+      Array.from(new TextEncoder().encode("egr4-aaaaaaaaaaaa\0"), (b) => b.toString(16).padStart(2, "0"))
+        .join(""),
+    ),
+  );
+  assert.ok(hex.includes("08000140" + "0a010203"), "the address, in network byte order");
+  assert.ok(hex.includes("08000640" + "00000023"), "timeout 35 s, rounded up, network byte order");
+  assert.equal(
+    addMessage(1, { set: "egr6-bbbbbbbbbbbb", address: "fd00::7", timeout: 1 })[16],
+    10,
+    "NFPROTO_IPV6",
+  );
+  // Two acks in one buffer: 0 (done) and -EEXIST-like errors by seq.
+  const ack = (seq: number, err: number) => {
+    const b = new Uint8Array(36);
+    const d = new DataView(b.buffer);
+    d.setUint32(0, 36, true);
+    d.setUint16(4, 2, true);
+    d.setUint32(8, seq, true);
+    d.setInt32(16, -err, true);
+    return b;
+  };
+  const buf = new Uint8Array(72);
+  buf.set(ack(7, 0));
+  buf.set(ack(8, 2), 36);
+  assert.deepEqual([...readAcks(buf, 72)], [[7, 0], [8, 2]]);
+});
+
+Deno.test("forwarder: a second answer with an address still being written waits for that write", async () => {
+  const zone = { "svc.test": [{ type: "A" as const, name: "svc.test", data: "10.7.0.1" }] };
+  const { io, writes } = fakeIo(zone, 80);
+  const f = new DnsForwarder(io, OPTS);
+  await f.prepare({
+    id: "c".repeat(64),
+    name: "c",
+    pid: 31,
+    policy: "allowlist",
+    patterns: ["svc.test"],
+    resolvers: ["10.0.0.2"],
+  });
+  const key = `${"c".repeat(12)}-31`;
+  const first = f.handle({ key, index: 0, tcp: false, data: query("svc.test") });
+  await new Promise((r) => setTimeout(r, 10));
+  const second = await f.handle({ key, index: 0, tcp: false, data: query("svc.test") });
+  assert.ok(second);
+  assert.equal(writes.length, 1, "released only once the one write was done");
+  await first;
+  assert.equal(writes.length, 1, "and the address was written once");
+});
