@@ -121,6 +121,8 @@ export interface SteeredStatus {
   resolvers: string[];
   names: { name: string; count: number }[];
   sets: { set: string; entries: number }[];
+  /** The addresses each set holds now (as written; at most 256 per set): what `render --json` shows. */
+  known: Record<string, string[]>;
 }
 
 export class DnsForwarder {
@@ -314,6 +316,11 @@ export class DnsForwarder {
         set,
         entries: [...m.values()].filter((e) => e > now).length,
       })),
+      known: Object.fromEntries(
+        [...s.written].map((
+          [set, m],
+        ) => [set, [...m].filter(([, e]) => e > now).map(([a]) => a).slice(0, 256)]),
+      ),
     }));
   }
 

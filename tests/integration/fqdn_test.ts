@@ -20,6 +20,7 @@ import {
 } from "../support/live.ts";
 import { BUSYBOX_IMAGE, containerAddresses, containerIp, execIn, HELPER_IMAGE } from "../support/docker.ts";
 import { startTestDns, type TestDns } from "../support/dns_server.ts";
+import { runCli } from "../support/run_cli.ts";
 
 async function applied(p: DaemonProc, name: string): Promise<void> {
   await p.waitForLog((e) => e.msg === "applied" && e.container === name, 60_000, `applied for ${name}`);
@@ -154,6 +155,12 @@ Deno.test("fqdn allowlist: a name rotating over three servers (TTL 1) is reached
       assert.deepEqual(row?.names.map((n) => n.name), ["svc.test"]);
       assert.ok((row?.names[0].count ?? 0) >= 50, JSON.stringify(row?.names));
       assert.ok(row?.sets.some((x) => x.entries === 3), JSON.stringify(row?.sets));
+      // `render --json` shows the name with the addresses the daemon's sets hold for it now.
+      const rendered = await runCli([...env.globals, "--listen", env.listen, "render", "--json", client.id]);
+      assert.equal(rendered.code, 0, rendered.stderr);
+      const names = JSON.parse(rendered.stdout).allowed[0].names;
+      assert.deepEqual(names.map((n: { pattern: string }) => n.pattern), ["svc.test"]);
+      assert.deepEqual([...names[0].addresses].sort(), [...ips.slice(0, 3)].sort());
 
       // The daemon stops: the steering stays and points nowhere, so nothing resolves (and nothing opens).
       assert.equal((await p.stop()).code, 0);

@@ -12,6 +12,7 @@ import { VERSION } from "../../version.ts";
 import { DockerClient } from "../../docker/client.ts";
 import { resolveContainer } from "../../docker/resolve.ts";
 import { containerIntent } from "../../rules/intent.ts";
+import { fetchStatus, type StatusReport } from "../../daemon/status_server.ts";
 
 /** Options of `render`. */
 export interface RenderOptions {
@@ -53,6 +54,29 @@ async function containerWant(
   }
 }
 
+/** The daemon's known addresses per set for a container (`/status`), or undefined with a note why not. */
+async function knownAddresses(
+  config: Config,
+  id: string,
+  out: Out,
+): Promise<Record<string, string[]> | undefined> {
+  if (!config.listen) return undefined;
+  try {
+    const res = await fetchStatus(config.listen, "/status", 2000);
+    const report = await res.json() as StatusReport;
+    const row = report.dns?.find((r) => r.id === id);
+    if (!row) out.stderr("note: the daemon does not steer this container's DNS (yet): no addresses known\n");
+    return row?.known ?? {};
+  } catch (err) {
+    out.stderr(
+      `note: no addresses for DNS names: the daemon on ${config.listen} did not answer (${
+        (err as Error).message
+      })\n`,
+    );
+    return undefined;
+  }
+}
+
 /** Run `render`; returns the exit code. */
 export async function renderCommand(config: Config, opts: RenderOptions, out: Out, signal: AbortSignal) {
   const family = opts.family ?? "ipv4";
@@ -69,6 +93,19 @@ export async function renderCommand(config: Config, opts: RenderOptions, out: Ou
     const families = family === "all" ? (["ipv4", "ipv6"] as const) : [family as "ipv4" | "ipv6"];
     if (opts.json) {
       const models = families.map((f) => templateContext(plan, f, VERSION));
+      // DNS-name destinations: the addresses the daemon's sets hold now for this container, if it says.
+      if (plan.fqdn.length > 0) {
+        const container = "container" in want ? want.container : undefined;
+        const known = container ? await knownAddresses(config, container.id, out) : undefined;
+        if (!container) out.stderr("note: DNS names get their addresses from a container's answers\n");
+        for (const m of models) {
+          for (const acl of [...m.allowed, ...m.protected]) {
+            for (const n of acl.names) {
+              if (known) (n as { addresses?: string[] }).addresses = known[n.set] ?? [];
+            }
+          }
+        }
+      }
       out.stdout(
         JSON.stringify(models.length === 1 ? models[0] : { ipv4: models[0], ipv6: models[1] }, null, 2),
       );
