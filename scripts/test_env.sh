@@ -93,7 +93,7 @@ pkg_installed() {
 }
 
 need_pkgs=()
-for p in iptables ipset nftables busybox-static debootstrap iproute2 util-linux curl ca-certificates \
+for p in iptables ipset nftables conntrack busybox-static debootstrap iproute2 util-linux curl ca-certificates \
   podman containernetworking-plugins catatonit docker-compose; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done

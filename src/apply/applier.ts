@@ -155,7 +155,7 @@ export function applyPayload(
   // Rules by DNS name: their sets exist before the rules that match them (kept, with their entries, if
   // they do), and the DNS steering goes in after them, in the same run.
   const sets = [...new Set([...setsIn(rules.ipv4), ...(ipv6 ? setsIn(rules.ipv6) : [])])]
-    .filter((s) => ipv6 || s.startsWith("egr4-"));
+    .filter((s) => ipv6 || /^eg[rp]4-/.test(s));
   if (sets.length > 0 || rules.ipset) {
     env.EGTSETS = ipsetText(sets) + (rules.ipset ?? "");
     script = `printf '%s' "$EGTSETS" | ipset -exist restore || ` +
@@ -169,6 +169,12 @@ export function applyPayload(
     script += rules.nft === STEER_OFF
       ? `\nif command -v nft >/dev/null 2>&1; then ${write}; fi`
       : `\n${write}`;
+    // DNS flows from before the steering would bypass it (nat sees only a flow's first packet): the rules
+    // drop them; forgetting them lets the container's next query start a steered flow.
+    if (rules.nft !== STEER_OFF) {
+      script +=
+        "\n{ conntrack -D -p udp --dport 53; conntrack -D -p tcp --dport 53; } >/dev/null 2>&1 || true";
+    }
   }
   return { env, script };
 }

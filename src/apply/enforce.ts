@@ -38,11 +38,21 @@ export interface EnforceDeps extends BuildDeps {
  */
 export async function withDns(
   deps: Pick<EnforceDeps, "dns">,
-  c: { id: string; name: string; pid: number; dns?: string[] },
+  c: {
+    id: string;
+    name: string;
+    pid: number;
+    dns?: string[];
+    resolvConfPath?: string;
+    /** A namespace this daemon has not written yet that existed before it: it may hold old steering. */
+    unknown?: boolean;
+  },
   built: Pick<BuiltRules, "fqdn" | "policy" | "rendered" | "hash">,
 ): Promise<{ rendered: RenderedRules; hash: string }> {
   if (built.fqdn.length === 0) {
-    if (!deps.dns?.has(c.id)) return { rendered: built.rendered, hash: built.hash };
+    if (!deps.dns?.has(c.id) && !(deps.dns && c.unknown)) {
+      return { rendered: built.rendered, hash: built.hash };
+    }
     return { rendered: { ...built.rendered, nft: STEER_OFF }, hash: built.hash };
   }
   if (!deps.dns) {
@@ -59,6 +69,7 @@ export async function withDns(
     policy: built.policy,
     patterns: built.fqdn,
     dockerDns: c.dns,
+    resolvConfPath: c.resolvConfPath,
   });
   const rendered = { ...built.rendered, nft, ipset };
   const hash = await rulesHash({ ipv4: built.rendered.ipv4, ipv6: `${built.rendered.ipv6}\n${nft}` });
@@ -84,6 +95,8 @@ export interface EnforceRequest {
    * namespace nothing was written to yet): a failed family is then rolled back without a save first.
    */
   previousRules?: RenderedRules;
+  /** A namespace from before this daemon, not written by it yet (it may hold an old DNS steering). */
+  unknownNamespace?: boolean;
   signal: AbortSignal;
 }
 
@@ -165,7 +178,7 @@ export async function enforce(deps: EnforceDeps, req: EnforceRequest): Promise<E
   try {
     built = await buildRules(deps, want, req.signal);
     notes.push(...built.notes);
-    const dns = await withDns(deps, info, built);
+    const dns = await withDns(deps, { ...info, unknown: req.unknownNamespace }, built);
     built = { ...built, ...dns };
   } catch (err) {
     req.signal.throwIfAborted();

@@ -46,7 +46,10 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   const applier = makeApplier(config, docker, log);
   // Rules by DNS name: the forwarder needs to enter namespaces itself, so nsenter mode only.
   const dns = applier.mode === "nsenter"
-    ? startDns(config, log, (ids) => ids.forEach((id) => reconciler.mark(id)))
+    ? startDns(config, log, {
+      ipv6: applier.ipv6,
+      resteer: (ids) => ids.forEach((id) => reconciler.mark(id)),
+    })
     : undefined;
   const rules: LiveRules = new LiveRules({
     source: ctx.source,

@@ -50,8 +50,9 @@ const HOLD_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
 export function startDns(
   config: Config,
   log: Logger,
-  resteer: (ids: string[]) => void = () => {},
+  opts: { ipv6: boolean; resteer?: (ids: string[]) => void },
 ): DaemonDns {
+  const resteer = opts.resteer ?? (() => {});
   const writer = new SetWriter(denoRunner, { timeoutMs: 5000 });
   // deno-lint-ignore prefer-const
   let forwarder: DnsForwarder;
@@ -82,6 +83,7 @@ export function startDns(
     ownResolvers: upstreamDefault,
     fallbackResolvers: upstreamDefault,
     resolverAllowed: (a) => inCidrs(a, config.dnsResolvers),
+    ipv6: opts.ipv6,
   });
   const last = { queries: 0, held: 0, servfails: 0, setUpdates: 0, upstreamErrors: 0 };
   return {

@@ -71,6 +71,8 @@ export interface CreatedContainer {
   env: string[];
   /** `deny`: deny-all (built-in templates) when the rules cannot be built; `error`: report the failure. */
   onFailure: "deny" | "error";
+  /** Runc just made its namespace: no raw table to empty (false for a namespace given as a path). */
+  unstarted?: boolean;
 }
 
 /** Build (or deny-all), apply and adopt; the adopted report, or why not. */
@@ -131,7 +133,7 @@ export async function enforceCreated(
       rules.rendered,
       deadline,
       EMPTY_RULES,
-      true,
+      c.unstarted ?? true,
     );
   } catch (err) {
     return { error: `rules could not be applied: ${describeError(err)}`, status: 500 };
@@ -157,7 +159,7 @@ export async function gateEnforce(
   body: unknown,
   signal: AbortSignal,
 ): Promise<Response> {
-  const b = body as { id?: unknown; pid?: unknown; env?: unknown };
+  const b = body as { id?: unknown; pid?: unknown; env?: unknown; unstarted?: unknown };
   if (
     typeof b.id !== "string" || !/^[0-9a-f]{12,64}$/.test(b.id) || !isStrings(b.env) ||
     typeof b.pid !== "number" || !Number.isInteger(b.pid) || b.pid <= 0
@@ -170,7 +172,7 @@ export async function gateEnforce(
   }
   const out = await enforceCreated(
     { ...deps, applier: deps.applier },
-    { id: b.id, pid: b.pid, env: b.env, onFailure: "error" },
+    { id: b.id, pid: b.pid, env: b.env, onFailure: "error", unstarted: b.unstarted !== false },
     signal,
   );
   return "report" in out

@@ -252,7 +252,13 @@ export class Reconciler {
     try {
       const fresh = this.fresh.delete(id) && !same;
       const previousRules = same?.applied ?? (fresh ? EMPTY_RULES : undefined);
-      const out = await enforce(this.opts, { info, previousHash: same?.hash, previousRules, signal });
+      const out = await enforce(this.opts, {
+        info,
+        previousHash: same?.hash,
+        previousRules,
+        unknownNamespace: !fresh && !same,
+        signal,
+      });
       for (const note of out.notes) log.warn("acl problem", { container: info.name, problem: note });
       if (out.status === "skipped") {
         this.forget(id);

@@ -36,6 +36,8 @@ export interface ContainerInfo {
   privileged: boolean;
   /** `HostConfig.Dns`: resolvers given with `--dns` (where Docker's embedded DNS forwards to). */
   dns?: string[];
+  /** `ResolvConfPath`: the host file Docker (or Podman) mounts as the container's /etc/resolv.conf. */
+  resolvConfPath?: string;
 }
 
 /** A short-lived helper container that joins another container's network namespace. */
@@ -101,6 +103,7 @@ export function toContainerInfo(raw: Json): ContainerInfo {
     capDrop: strings(host.CapDrop),
     privileged: host.Privileged === true,
     dns: strings(host.Dns),
+    ...(str(raw.ResolvConfPath) ? { resolvConfPath: str(raw.ResolvConfPath) } : {}),
   };
 }
 

@@ -17,6 +17,7 @@ import type { NsQuery, OpenedListeners } from "./listeners.ts";
 import { ipsetText, steeringText } from "./steering.ts";
 import { encodeQuery } from "./query.ts";
 import { containerResolvers, readContainerResolvConf } from "./resolvers.ts";
+import { EntryRefused } from "./netlink_sets.ts";
 
 /** A container to steer. */
 export interface FqdnTarget {
@@ -62,10 +63,23 @@ export interface ForwarderOptions {
   fallbackResolvers: string[];
   /** Whether the DNS guard lets DNS go to this resolver (`--dns`): others are not forwarded to. */
   resolverAllowed(address: string): boolean;
+  /** False on a kernel without IPv6: there are no IPv6 sets, so AAAA answers add nothing. */
+  ipv6?: boolean;
+}
+
+/** Queries of one container waiting for their answers, at most; more get SERVFAIL at once. */
+export const MAX_PENDING = 256;
+/** Addresses kept per protected name (the sets' maxelem). */
+const MAX_BOOK = 65536;
+
+/** A TTL as a count of seconds to keep an address: RFC 2181's top bit means 0; at most a day. */
+export function clampTtl(ttl: number): number {
+  if (!Number.isFinite(ttl) || ttl < 0 || ttl > 0x7fffffff) return 0;
+  return Math.min(ttl, 86400);
 }
 
 /** A container to steer, before its resolvers are known. */
-export type SteerRequest = Omit<FqdnTarget, "resolvers"> & { dockerDns?: string[] };
+export type SteerRequest = Omit<FqdnTarget, "resolvers"> & { dockerDns?: string[]; resolvConfPath?: string };
 
 interface Steered {
   target: FqdnTarget;
@@ -81,6 +95,17 @@ interface Steered {
   nl?: { add(entries: SetEntry[]): Promise<void>; close(): void };
   /** Writes under way, by `<set> <address>`. */
   inflight: Map<string, Promise<void>>;
+  /**
+   * What its rules in place match (set at {@link DnsForwarder.activate}): answers fill these sets only, not
+   * those of a prepared apply that may not have created its sets yet.
+   */
+  active: { policy: Policy; patterns: string[] };
+  /** Set entries known before the apply (protect), recorded once it is done. */
+  prefill: SetEntry[];
+  /** Queries sent on and not answered yet. */
+  pending: number;
+  /** When a SERVFAIL was last logged, and how many since went unlogged. */
+  warned: { at: number; quiet: number };
 }
 
 const inflightKey = (set: string, address: string) => `${set} ${address}`;
@@ -131,6 +156,7 @@ export class DnsForwarder {
   /** Protected patterns: what is known of their addresses (address -> {expiry ms, ttl s}). */
   private readonly book = new Map<string, Map<string, { expiry: number; ttl: number }>>();
   private readonly refresh = new Map<string, ReturnType<typeof setTimeout>>();
+  private readonly looking = new Map<string, Promise<void>>();
   readonly stats: ForwarderStats = {
     queries: 0,
     held: 0,
@@ -144,7 +170,7 @@ export class DnsForwarder {
 
   /** {@link prepare}, finding the container's resolvers first (its resolv.conf, Docker's `--dns`). */
   async steer(r: SteerRequest): Promise<{ nft: string; ipset: string }> {
-    const conf = await readContainerResolvConf(r.pid);
+    const conf = await readContainerResolvConf(r.pid, r.resolvConfPath);
     const resolvers = containerResolvers(conf, r.dockerDns, this.opts.fallbackResolvers)
       .filter((a) => this.opts.resolverAllowed(a));
     if (resolvers.length === 0) {
@@ -152,7 +178,7 @@ export class DnsForwarder {
         container: r.name,
       });
     }
-    const { dockerDns: _, ...rest } = r;
+    const { dockerDns: _, resolvConfPath: _path, ...rest } = r;
     return await this.prepare({ ...rest, resolvers });
   }
 
@@ -185,6 +211,10 @@ export class DnsForwarder {
         ready: false,
         nl,
         inflight: new Map(),
+        active: { policy: t.policy, patterns: [] },
+        prefill: [],
+        pending: 0,
+        warned: { at: 0, quiet: 0 },
       };
       this.byKey.set(key, s);
       this.byId.set(t.id, s);
@@ -192,28 +222,55 @@ export class DnsForwarder {
     s.target = t;
     let entries: SetEntry[] = [];
     if (t.policy === "protect") {
+      let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
         Promise.all(t.patterns.filter((p) => !p.startsWith("*.")).map((p) => this.lookUp(p))),
-        new Promise((r) => setTimeout(r, this.opts.holdMs)),
+        new Promise((r) => timer = setTimeout(r, this.opts.holdMs)),
       ]);
-      const now = this.io.now();
-      for (const p of t.patterns) {
-        for (const [addr, v] of this.book.get(p) ?? []) {
-          if (v.expiry > now) entries.push(...this.entry(s, p, addr, (v.expiry - now) / 1000, now));
-        }
-      }
-      entries = entries.filter(Boolean);
+      clearTimeout(timer);
+      entries = this.fromBook(s, t.policy, t.patterns);
     }
+    s.prefill = entries;
     return {
       nft: steeringText(t.resolvers, s.listeners.ports, s.listeners.v6),
       ipset: ipsetText([], entries),
     };
   }
 
-  /** Its rules (with the sets) are in place. */
+  /** Its rules (with the sets) are in place: answers now fill them. */
   activate(id: string): void {
     const s = this.byId.get(id);
-    if (s) s.ready = true;
+    if (!s) return;
+    s.active = { policy: s.target.policy, patterns: s.target.patterns };
+    s.ready = true;
+    this.record(s, s.prefill);
+    s.prefill = [];
+    // Under protect, what was learnt while the apply ran (after the book was read for it) goes in too.
+    if (s.active.policy === "protect") {
+      const late = this.fromBook(s, s.active.policy, s.active.patterns);
+      if (late.length) {
+        within(this.write(s, late), 5000).catch((err) => {
+          this.unwrite(s, late);
+          this.io.log.warn("protected names' addresses not written", {
+            container: s.target.name,
+            error: (err as Error).message,
+          });
+        });
+      }
+    }
+  }
+
+  /** Entries the book has for these protected patterns and the container's sets still need. */
+  private fromBook(s: Steered, policy: Policy, patterns: string[]): SetEntry[] {
+    const now = this.io.now();
+    const out: SetEntry[] = [];
+    for (const p of patterns) {
+      for (const [addr, v] of this.book.get(p) ?? []) {
+        if (v.expiry <= now) continue;
+        out.push(...this.entry(s, policy, p, addr, (v.expiry - now) / 1000 - this.opts.grace, now));
+      }
+    }
+    return out;
   }
 
   /** The container is gone (or no longer has names): close its listeners. */
@@ -254,7 +311,10 @@ export class DnsForwarder {
     }
     const server = s.target.resolvers[q.index] ?? s.target.resolvers[0];
     if (!server) return this.fail(s, q, "no resolver to send it to");
+    // A container flooding queries gets SERVFAIL, not the daemon's sockets.
+    if (s.pending >= MAX_PENDING) return this.fail(s, q, `more than ${MAX_PENDING} queries waiting`);
     let resp: Uint8Array;
+    s.pending++;
     try {
       // Sent on with an id of ours, not the container's (which it knows, and could forge a reply with);
       // the answer gets the container's id back, and is otherwise passed on as it came.
@@ -266,21 +326,36 @@ export class DnsForwarder {
     } catch (err) {
       this.stats.upstreamErrors++;
       return this.fail(s, q, `resolver ${server}: ${(err as Error).message}`);
+    } finally {
+      s.pending--;
     }
+    const { policy, patterns } = s.active;
     const ans = readAnswer(resp);
-    if (!ans || ans.addresses.length === 0) return resp;
-    this.learn(ans.qname, ans.addresses, s);
+    if (!ans) {
+      // An answer this forwarder cannot read may still be read by the container's resolver library:
+      // for a name its protect rules are about, that could be an address they never see.
+      const about = patterns.some((p) => patternMatches(p, query.qname));
+      return policy === "protect" && about ? this.fail(s, q, "answer not readable") : resp;
+    }
+    if (ans.addresses.length === 0) return resp;
+    const addresses = ans.addresses
+      .filter((a) => this.opts.ipv6 !== false || a.family === "ipv4")
+      .map((a) => ({ ...a, ttl: clampTtl(a.ttl) }));
+    this.learn([ans.qname, ...ans.cnames], addresses, s);
     const now = this.io.now();
     const entries: SetEntry[] = [];
     // An address another answer is being written for right now: this answer waits for that write too.
     const waits = new Set<Promise<void>>();
-    for (const p of s.target.patterns) {
-      if (!patternMatches(p, ans.qname)) continue;
-      for (const a of ans.addresses) {
-        const need = this.entry(s, p, a.address, a.ttl, now);
+    // Allowlist: the question name only (a CNAME target is not thereby allowed). Protect: any name of the
+    // chain, so an alias of a protected name does not get its addresses through.
+    const names = policy === "protect" ? [ans.qname, ...ans.cnames] : [ans.qname];
+    for (const p of patterns) {
+      if (!names.some((n) => patternMatches(p, n))) continue;
+      for (const a of addresses) {
+        const need = this.entry(s, policy, p, a.address, a.ttl, now);
         if (need.length) entries.push(...need);
         else {
-          const w = s.inflight.get(inflightKey(setName(p, familyOf(a.address)), a.address));
+          const w = s.inflight.get(inflightKey(setName(p, familyOf(a.address), policy), a.address));
           if (w) waits.add(w);
         }
       }
@@ -325,13 +400,31 @@ export class DnsForwarder {
   }
 
   /** The set entries an address needs for a pattern in one container: none if what is there lasts. */
-  private entry(s: Steered, pattern: string, address: string, ttl: number, now: number): SetEntry[] {
-    const family = address.includes(":") ? "ipv6" : "ipv4";
-    const set = setName(pattern, family);
+  private entry(
+    s: Steered,
+    policy: Policy,
+    pattern: string,
+    address: string,
+    ttl: number,
+    now: number,
+  ): SetEntry[] {
+    const family = familyOf(address);
+    if (family === "ipv6" && this.opts.ipv6 === false) return [];
+    const set = setName(pattern, family, policy);
     const keep = Math.max(ttl, this.opts.minTtl);
     const have = s.written.get(set)?.get(address) ?? 0;
     if (have >= now + keep * 1000) return [];
     return [{ set, address, timeout: keep + this.opts.grace }];
+  }
+
+  /** Count entries as written (the apply that put them in is done). */
+  private record(s: Steered, entries: SetEntry[]) {
+    const now = this.io.now();
+    for (const e of entries) {
+      let m = s.written.get(e.set);
+      if (!m) s.written.set(e.set, m = new Map());
+      m.set(e.address, Math.max(m.get(e.address) ?? 0, now + e.timeout * 1000));
+    }
   }
 
   /**
@@ -341,12 +434,11 @@ export class DnsForwarder {
   private write(s: Steered, entries: SetEntry[]): Promise<void> {
     const now = this.io.now();
     for (const e of entries) {
-      let m = s.written.get(e.set);
-      if (!m) s.written.set(e.set, m = new Map());
+      const m = s.written.get(e.set);
       // What the kernel has let expire is forgotten here too, so the bookkeeping stays as small as the set.
-      if (m.size >= 1024) { for (const [a, exp] of m) if (exp <= now) m.delete(a); }
-      m.set(e.address, now + e.timeout * 1000);
+      if (m && m.size >= 1024) { for (const [a, exp] of m) if (exp <= now) m.delete(a); }
     }
+    this.record(s, entries);
     this.stats.setUpdates++;
     const done = this.setAdd(s, entries);
     const keys = entries.map((e) => inflightKey(e.set, e.address));
@@ -364,6 +456,9 @@ export class DnsForwarder {
       try {
         return await s.nl.add(entries);
       } catch (err) {
+        // The kernel refusing an entry (a full set) says nothing about the channel: only a broken socket
+        // sends the rest through processes.
+        if (err instanceof EntryRefused) throw err;
         this.io.log.warn("set update over netlink failed; using ipset restore", {
           container: s.target.name,
           error: (err as Error).message,
@@ -381,7 +476,13 @@ export class DnsForwarder {
 
   private fail(s: Steered, q: NsQuery, why: string): Uint8Array | null {
     this.stats.servfails++;
-    this.io.log.warn("dns answer refused (SERVFAIL)", { container: s.target.name, reason: why });
+    // Logged at most every 10 s per container (with how many went unlogged): a flood is not a log flood.
+    const now = this.io.now();
+    if (now - s.warned.at >= 10_000) {
+      const more = s.warned.quiet ? { unlogged: s.warned.quiet } : {};
+      this.io.log.warn("dns answer refused (SERVFAIL)", { container: s.target.name, reason: why, ...more });
+      s.warned = { at: now, quiet: 0 };
+    } else s.warned.quiet++;
     return servfail(q.data);
   }
 
@@ -389,22 +490,24 @@ export class DnsForwarder {
    * What an answer says about protected names goes to every container protecting them (not awaited: only
    * the asking container's own answer is held).
    */
-  private learn(qname: string, addresses: { address: string; ttl: number }[], from?: Steered) {
+  private learn(names: string[], addresses: { address: string; ttl: number }[], from?: Steered) {
     const now = this.io.now();
+    const qname = names[0];
     for (const p of this.protectedPatterns()) {
-      if (!patternMatches(p, qname)) continue;
+      if (!names.some((n) => patternMatches(p, n))) continue;
       let m = this.book.get(p);
       if (!m) this.book.set(p, m = new Map());
       if (m.size >= 1024) { for (const [a, v] of m) if (v.expiry <= now) m.delete(a); }
       for (const a of addresses) {
+        if (m.size >= MAX_BOOK && !m.has(a.address)) break;
         const keep = Math.max(a.ttl, this.opts.minTtl) + this.opts.grace;
-        m.set(a.address, { expiry: now + keep * 1000, ttl: a.ttl });
+        m.set(a.address, { expiry: Math.max(m.get(a.address)?.expiry ?? 0, now + keep * 1000), ttl: a.ttl });
       }
       for (const s of this.byId.values()) {
-        if (s === from || !s.ready || s.target.policy !== "protect" || !s.target.patterns.includes(p)) {
+        if (s === from || !s.ready || s.active.policy !== "protect" || !s.active.patterns.includes(p)) {
           continue;
         }
-        const entries = addresses.flatMap((a) => this.entry(s, p, a.address, a.ttl, now));
+        const entries = addresses.flatMap((a) => this.entry(s, "protect", p, a.address, a.ttl, now));
         if (entries.length) {
           within(this.write(s, entries), 5000).catch((err) => {
             this.unwrite(s, entries);
@@ -419,20 +522,32 @@ export class DnsForwarder {
     }
   }
 
+  /** Every protected pattern of a steered container, in place or about to be. */
   private protectedPatterns(): Set<string> {
     const out = new Set<string>();
     for (const s of this.byId.values()) {
-      if (s.target.policy === "protect") { for (const p of s.target.patterns) out.add(p); }
+      for (const x of [s.target, s.active]) {
+        if (x.policy === "protect") { for (const p of x.patterns) out.add(p); }
+      }
     }
     return out;
   }
 
   /** The daemon's own lookup of a protected name (A and AAAA), repeated as the TTL runs out. */
-  private async lookUp(pattern: string): Promise<void> {
+  private lookUp(pattern: string): Promise<void> {
+    const going = this.looking.get(pattern);
+    if (going) return going;
+    if (!this.opts.ownResolvers[0] || this.refresh.has(pattern)) return Promise.resolve();
+    const p = this.lookUpNow(pattern).finally(() => this.looking.delete(pattern));
+    this.looking.set(pattern, p);
+    return p;
+  }
+
+  private async lookUpNow(pattern: string): Promise<void> {
     const server = this.opts.ownResolvers[0];
-    if (!server || this.refresh.has(pattern)) return;
     let ttl = this.opts.minTtl;
-    for (const type of ["A", "AAAA"] as const) {
+    const types = this.opts.ipv6 === false ? (["A"] as const) : (["A", "AAAA"] as const);
+    for (const type of types) {
       try {
         const resp = await this.io.upstream.udp(
           { address: server },
@@ -441,8 +556,9 @@ export class DnsForwarder {
         );
         const ans = readAnswer(resp);
         if (!ans || ans.addresses.length === 0) continue;
-        ttl = Math.max(this.opts.minTtl, Math.min(...ans.addresses.map((a) => a.ttl)));
-        this.learn(ans.qname, ans.addresses);
+        const addresses = ans.addresses.map((a) => ({ ...a, ttl: clampTtl(a.ttl) }));
+        ttl = Math.max(this.opts.minTtl, Math.min(...addresses.map((a) => a.ttl)));
+        this.learn([ans.qname, ...ans.cnames], addresses);
       } catch (err) {
         this.io.log.warn("own lookup of a protected name failed", {
           name: pattern,
@@ -450,7 +566,7 @@ export class DnsForwarder {
         });
       }
     }
-    if (!this.protectedPatterns().has(pattern)) return;
+    if (!this.protectedPatterns().has(pattern) || this.refresh.has(pattern)) return;
     const timer = setTimeout(() => {
       this.refresh.delete(pattern);
       if (this.protectedPatterns().has(pattern)) this.lookUp(pattern);

@@ -25,13 +25,20 @@ export interface OpenedListeners {
   netlink?: number;
 }
 
+let fdLib: Deno.DynamicLibrary<{ close: { parameters: ["i32"]; result: "i32" } }> | undefined;
+function closeFd(fd: number) {
+  fdLib ??= Deno.dlopen("libc.so.6", { close: { parameters: ["i32"], result: "i32" } });
+  fdLib.symbols.close(fd);
+}
+
 /** The listeners of every steered container; the worker starts on first use. */
 export class NsListeners {
   private worker?: Worker;
   private readonly waiting = new Map<
     string,
-    { resolve: (o: OpenedListeners) => void; reject: (e: Error) => void }
+    { seq: number; resolve: (o: OpenedListeners) => void; reject: (e: Error) => void }
   >();
+  private seq = 1;
   constructor(
     private readonly handler: (q: NsQuery) => Promise<Uint8Array | null>,
     /** The thread died and every listener with it (steered DNS then gets no answer, fails closed). */
@@ -62,7 +69,15 @@ export class NsListeners {
       return;
     }
     const p = this.waiting.get(m.key);
-    if (!p) return;
+    if (!p || p.seq !== m.seq) {
+      // Opened after its caller gave up (a timeout, a newer open): nobody will use these; close them, so
+      // they do not keep the container's namespace alive.
+      if (m.op === "opened") {
+        w.postMessage({ op: "close", key: m.key, seq: m.seq } satisfies ToWorker);
+        if (m.netlink >= 0) closeFd(m.netlink);
+      }
+      return;
+    }
     this.waiting.delete(m.key);
     if (m.op === "opened") p.resolve({ ports: m.ports, v6: m.v6, netlink: m.netlink });
     else p.reject(new Error(m.error));
@@ -77,11 +92,13 @@ export class NsListeners {
         this.waiting.delete(key);
         reject(new Error(`DNS listeners in ${ns} not open after ${timeoutMs} ms`));
       }, timeoutMs);
+      const seq = this.seq++;
       this.waiting.set(key, {
+        seq,
         resolve: (o) => (clearTimeout(timer), resolve(o)),
         reject: (e) => (clearTimeout(timer), reject(e)),
       });
-      w.postMessage({ op: "open", key, ns, count } satisfies ToWorker);
+      w.postMessage({ op: "open", key, seq, ns, count } satisfies ToWorker);
     });
   }
 

@@ -37,7 +37,14 @@ export function patternMatches(pattern: string, qname: string): boolean {
  * characters of sha256 of the canonical pattern (17 characters, well within {@link MAX_SET_NAME}). The same
  * pattern always gives the same name, whatever its case or trailing dot.
  */
-export function setName(pattern: string, family: "ipv4" | "ipv6"): string {
+export function setName(
+  pattern: string,
+  family: "ipv4" | "ipv6",
+  policy: "allowlist" | "protect" = "allowlist",
+): string {
   const digest = createHash("sha256").update(canonicalName(pattern)).digest("hex");
-  return `${family === "ipv4" ? "egr4" : "egr6"}-${digest.slice(0, 12)}`;
+  // Protect's sets (`egp`) hold what any container was answered; allowlist's (`egr`) only this one's
+  // answers: a container whose policy changes must never inherit the other kind.
+  const kind = policy === "protect" ? "egp" : "egr";
+  return `${kind}${family === "ipv4" ? "4" : "6"}-${digest.slice(0, 12)}`;
 }

@@ -99,6 +99,9 @@ export function readAcks(buf: Uint8Array, n: number): Map<number, number> {
   return out;
 }
 
+/** The kernel refused an entry (no such set, a full set): the channel itself is fine. */
+export class EntryRefused extends Error {}
+
 const lib = () =>
   Deno.dlopen("libc.so.6", {
     send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
@@ -139,7 +142,7 @@ export class NetlinkSets {
         if (!want.delete(seq)) continue;
         if (errno !== 0) {
           const e = entries[seqs.indexOf(seq)];
-          throw new Error(`ipset refused ${e.address} for ${e.set} (errno ${errno})`);
+          throw new EntryRefused(`ipset refused ${e.address} for ${e.set} (errno ${errno})`);
         }
       }
     }

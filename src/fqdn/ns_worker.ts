@@ -38,17 +38,19 @@ const home = libc.symbols.open(cstr("/proc/thread-self/ns/net"), O_RDONLY | O_CL
 
 /** Messages from the main thread. */
 export type ToWorker =
-  | { op: "open"; key: string; ns: string; count: number }
-  | { op: "close"; key: string }
+  | { op: "open"; key: string; seq: number; ns: string; count: number }
+  /** `seq`: only the group that open made (a late reply's), not a newer one under the same key. */
+  | { op: "close"; key: string; seq?: number }
   | { op: "answer"; key: string; req: number; data: Uint8Array | null };
 
 /** Messages to the main thread. */
 export type FromWorker =
-  | { op: "opened"; key: string; ports: number[]; v6: boolean; netlink: number }
-  | { op: "failed"; key: string; error: string }
+  | { op: "opened"; key: string; seq: number; ports: number[]; v6: boolean; netlink: number }
+  | { op: "failed"; key: string; seq: number; error: string }
   | { op: "query"; key: string; req: number; index: number; tcp: boolean; data: Uint8Array };
 
 interface Group {
+  seq: number;
   udp: dgram.Socket[];
   tcp: net.Server[];
   conns: Set<net.Socket>;
@@ -99,7 +101,11 @@ function serveUdp(key: string, index: number, s: dgram.Socket) {
   s.on("message", async (msg, rinfo) => {
     if (msg.length < 12 || msg.length > 4096) return;
     const answer = await ask(key, index, false, new Uint8Array(msg));
-    if (answer) s.send(answer, rinfo.port, rinfo.address);
+    // The listener may have been closed meanwhile (the container stopped): a throw here would end the
+    // whole thread, and every other container's listeners with it.
+    try {
+      if (answer) s.send(answer, rinfo.port, rinfo.address);
+    } catch { /* closed */ }
   });
 }
 
@@ -150,18 +156,18 @@ function serveTcp(key: string, index: number, srv: net.Server, conns: Set<net.So
   });
 }
 
-async function open(key: string, ns: string, count: number): Promise<FromWorker> {
-  if (home < 0) return { op: "failed", key, error: "cannot open this thread's own network namespace" };
+async function open(key: string, seq: number, ns: string, count: number): Promise<FromWorker> {
+  if (home < 0) return { op: "failed", key, seq, error: "cannot open this thread's own network namespace" };
   const fd = libc.symbols.open(cstr(ns), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return { op: "failed", key, error: `cannot open ${ns}` };
-  const g: Group = { udp: [], tcp: [], conns: new Set() };
+  if (fd < 0) return { op: "failed", key, seq, error: `cannot open ${ns}` };
+  const g: Group = { seq, udp: [], tcp: [], conns: new Set() };
   const ports: number[] = [];
   let v6 = true;
   let netlink = -1;
   let error: string | undefined;
   if (libc.symbols.setns(fd, CLONE_NEWNET) !== 0) {
     libc.symbols.close(fd);
-    return { op: "failed", key, error: `cannot enter ${ns}` };
+    return { op: "failed", key, seq, error: `cannot enter ${ns}` };
   }
   try {
     for (let i = 0; i < count; i++) {
@@ -193,18 +199,20 @@ async function open(key: string, ns: string, count: number): Promise<FromWorker>
   } finally {
     // Back home before anything else can run on this thread.
     if (libc.symbols.setns(home, CLONE_NEWNET) !== 0) {
-      // Never keep running in a container's namespace.
-      Deno.exit(70);
+      // Never keep running in a container's namespace: end the thread (the main thread sees it fail,
+      // and steers every container again).
+      self.close();
+      throw new Error("cannot return to the daemon's own network namespace");
     }
     libc.symbols.close(fd);
   }
   if (error !== undefined) {
     shut(g);
     if (netlink >= 0) libc.symbols.close(netlink);
-    return { op: "failed", key, error };
+    return { op: "failed", key, seq, error };
   }
   groups.set(key, g);
-  return { op: "opened", key, ports, v6, netlink };
+  return { op: "opened", key, seq, ports, v6, netlink };
 }
 
 function shut(g: Group) {
@@ -225,12 +233,12 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     queue = queue.then(async () => {
       const old = groups.get(m.key);
       if (old) shut(old), groups.delete(m.key);
-      post(await open(m.key, m.ns, m.count));
+      post(await open(m.key, m.seq, m.ns, m.count));
     });
   } else if (m.op === "close") {
     queue = queue.then(() => {
       const g = groups.get(m.key);
-      if (g) shut(g), groups.delete(m.key);
+      if (g && (m.seq === undefined || g.seq === m.seq)) shut(g), groups.delete(m.key);
     });
   }
 };

@@ -32,10 +32,29 @@ export function containerResolvers(
   return [...new Set(list)].slice(0, 8);
 }
 
-/** Read the container's resolv.conf through its root (`/proc/<pid>/root`), at most 64 KiB; "" if none. */
-export async function readContainerResolvConf(pid: number): Promise<string> {
+/**
+ * Read the container's resolv.conf, at most 64 KiB; "" if none. From the host file Docker mounts there
+ * when it says which (`hostPath`: the container can change its content, never what it is); else through
+ * the container's root (`/proc/<pid>/root`), where the container could have put a FIFO or a symlink to
+ * one in its place: only a regular file is read, and not for more than a second.
+ */
+export async function readContainerResolvConf(pid: number, hostPath?: string): Promise<string> {
+  const path = hostPath?.startsWith("/") ? hostPath : `/proc/${pid}/root/etc/resolv.conf`;
   try {
-    const f = await Deno.open(`/proc/${pid}/root/etc/resolv.conf`);
+    if (!(await Deno.stat(path)).isFile) return "";
+  } catch {
+    return "";
+  }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return await Promise.race([
+    readSmall(path),
+    new Promise<string>((r) => timer = setTimeout(() => r(""), 1000)),
+  ]).finally(() => clearTimeout(timer));
+}
+
+async function readSmall(path: string): Promise<string> {
+  try {
+    const f = await Deno.open(path);
     try {
       const buf = new Uint8Array(65536);
       const n = await f.read(buf);

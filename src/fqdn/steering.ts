@@ -49,7 +49,7 @@ export function steeringText(resolvers: string[], ports: number[], v6: boolean):
 
 /** The ipsets a rendered text matches (`--match-set egr4-... dst`), by name. */
 export function setsIn(text: string): string[] {
-  return [...new Set([...text.matchAll(/--match-set (egr[46]-[0-9a-f]{4,26}) /g)].map((m) => m[1]))];
+  return [...new Set([...text.matchAll(/--match-set (eg[rp][46]-[0-9a-f]{4,26}) /g)].map((m) => m[1]))];
 }
 
 /** One address to put into a set, for `timeout` seconds. */
@@ -62,7 +62,7 @@ export interface SetEntry {
 /** `ipset restore` input: create the sets (kept, with their entries, if they exist) and add entries. */
 export function ipsetText(sets: string[], entries: SetEntry[] = []): string {
   const create = sets.map((s) =>
-    `create ${s} hash:ip family ${s.startsWith("egr6-") ? "inet6" : "inet"} timeout 60 maxelem 65536`
+    `create ${s} hash:ip family ${/^eg[rp]6-/.test(s) ? "inet6" : "inet"} timeout 60 maxelem 65536`
   );
   const add = entries.map((e) => `add ${e.set} ${e.address} timeout ${Math.max(1, Math.ceil(e.timeout))}`);
   return [...create, ...add, ""].join("\n");

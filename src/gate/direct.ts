@@ -127,7 +127,7 @@ export async function direct(
     const applier = new NsenterApplier(denoRunner, { ipv6: kernelHasIPv6(), timeoutMs: 15_000 });
     // Just created: nothing is in its namespace yet, so a failed family rolls back to empty tables,
     // and no raw table needs emptying.
-    await applier.apply(target, rules.rendered, AbortSignal.timeout(15_000), EMPTY_RULES, true);
+    await applier.apply(target, rules.rendered, AbortSignal.timeout(15_000), EMPTY_RULES, !inp.givenNetns);
   } catch (err) {
     return refuse(inp.env, inp.id, `rules could not be applied: ${describeError(err)}`);
   }

@@ -119,7 +119,13 @@ export async function runHook(stateText: string, processEnv: Record<string, stri
     return 0;
   }
   const { gateStart } = await import("./start.ts");
-  const refusal = await gateStart({ id: state.id, pid: state.pid, containerEnv, env });
+  const refusal = await gateStart({
+    id: state.id,
+    pid: state.pid,
+    containerEnv,
+    env,
+    givenNetns: netnsKind(spec).kind === "joined",
+  });
   if (refusal === undefined) return 0;
   say(refusal);
   return 1;

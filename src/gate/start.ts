@@ -15,6 +15,11 @@ export interface GateStartInput {
   pid: number;
   containerEnv: string[];
   env: Record<string, string | undefined>;
+  /**
+   * Its namespace was given as a path (Podman's hook): it may have existed before this container, so its
+   * raw table is emptied like any other (default: runc just made it, nothing has run in it).
+   */
+  givenNetns?: boolean;
 }
 
 /** Append one JSON line to EGRESSTRATOR_GATE_LOG, if set; a log it cannot write never blocks a start. */
@@ -48,7 +53,12 @@ async function viaDaemon(
   // Only what decides the rules leaves the container's env: no secrets in the request.
   const env = inp.containerEnv.filter((e) => e.startsWith("EGRESSTRATOR_"));
   try {
-    const res = await fetchStatus(config.listen, "/v1/gate/enforce", 3000, { id: inp.id, pid: inp.pid, env });
+    const res = await fetchStatus(config.listen, "/v1/gate/enforce", 3000, {
+      id: inp.id,
+      pid: inp.pid,
+      env,
+      unstarted: !inp.givenNetns,
+    });
     const body = await res.json() as { ruleCount?: number; error?: string };
     if (res.ok && typeof body.ruleCount === "number") return { ruleCount: body.ruleCount };
     // 501: a daemon that applies with helper containers still renders from its warm caches.

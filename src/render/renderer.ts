@@ -60,6 +60,8 @@ export interface TemplateContext {
   drop: string;
   /** Audit mode: nothing is refused; `reject` and `drop` are ACCEPT, the log prefixes end in `A`. */
   audit: boolean;
+  /** Its rules use DNS names: its DNS is steered to the daemon's listeners (see README). */
+  steered: boolean;
   /** Where refusals are logged: jump to a chain with the NEW packets a rule is about to refuse. */
   log: Omit<LogContext, "protected">;
 }
@@ -99,7 +101,12 @@ export function portMatch(proto: Proto, from: number, to: number): string {
     : `-p ${proto} -m multiport --dports ${from}:${to}`;
 }
 
-function forFamily(acls: RulePlan["allowed"], family: Family, logs?: (LogChain | null)[]): TemplateAcl[] {
+function forFamily(
+  acls: RulePlan["allowed"],
+  family: Family,
+  policy: Policy,
+  logs?: (LogChain | null)[],
+): TemplateAcl[] {
   return acls.map((a, i) => ({
     key: a.key,
     destinations: a.destinations.filter((d) => d.family === family).map((d) => ({
@@ -108,7 +115,7 @@ function forFamily(acls: RulePlan["allowed"], family: Family, logs?: (LogChain |
     })),
     names: a.names.map((n) => ({
       pattern: n.pattern,
-      set: setName(n.pattern, family),
+      set: setName(n.pattern, family, policy),
       mark: connMark(n.pattern),
       proto: n.proto,
       ports: n.ports,
@@ -130,7 +137,7 @@ export function connMark(pattern: string): string {
  * (a custom one above all) that leaves one out would leave that name unfiltered under protect.
  */
 export function requiredSets(plan: RulePlan, family: Family): string[] {
-  return plan.fqdn.map((p) => setName(p, family));
+  return plan.fqdn.map((p) => setName(p, family, plan.policy));
 }
 
 /** The context a template gets for one family (also what `render --json` prints). */
@@ -147,8 +154,8 @@ export function templateContext(plan: RulePlan, family: Family, version: string)
       : null,
     acls: plan.acls.map((a) => commentSafe(a)),
     missing: plan.missing.map((m) => commentSafe(m)),
-    allowed: forFamily(plan.allowed, family),
-    protected: forFamily(plan.protected, family, protectedLogs),
+    allowed: forFamily(plan.allowed, family, plan.policy),
+    protected: forFamily(plan.protected, family, plan.policy, protectedLogs),
     dnsResolvers: plan.dnsResolvers[family],
     reject: {
       tcp: verdict("REJECT --reject-with tcp-reset"),
@@ -157,6 +164,7 @@ export function templateContext(plan: RulePlan, family: Family, version: string)
     },
     drop: verdict("DROP"),
     audit: plan.audit,
+    steered: plan.fqdn.length > 0,
     log,
   };
 }

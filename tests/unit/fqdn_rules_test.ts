@@ -101,11 +101,11 @@ Deno.test("render: names become set matches, per family, under both policies; a 
     r.render(prot, "ipv4"),
     new RegExp(
       `--match-set ${
-        setName("db.internal.test", "ipv4")
+        setName("db.internal.test", "ipv4", "protect")
       } dst -p tcp -m tcp --dport 5432 -m conntrack --ctdir ORIGINAL -j REJECT`,
     ),
   );
-  assert.deepEqual(setsIn(r.render(prot, "ipv4")), [setName("db.internal.test", "ipv4")]);
+  assert.deepEqual(setsIn(r.render(prot, "ipv4")), [setName("db.internal.test", "ipv4", "protect")]);
   // A custom template that ignores names would leave protected names open: refused.
   const tpl = await loadTemplates();
   const custom = new Renderer({
@@ -248,6 +248,7 @@ Deno.test("forwarder: the answer waits for its set write; the CNAME chain counts
     patterns: ["alias.test"],
     resolvers: ["10.0.0.2"],
   });
+  f.activate("a".repeat(64));
   const key = `${"a".repeat(12)}-11`;
   // A CNAME target asked for directly is not the allowed name: released at once, nothing written.
   const direct = await f.handle({ key, index: 0, tcp: false, data: query("target.other") });
@@ -273,6 +274,7 @@ Deno.test("forwarder: the answer waits for its set write; the CNAME chain counts
     patterns: ["*.test"],
     resolvers: ["10.0.0.2"],
   });
+  g.activate("b".repeat(64));
   const sf = await g.handle({ key: `${"b".repeat(12)}-12`, index: 0, tcp: false, data: query("alias.test") });
   assert.equal((dnsPacket.decode(Buffer.from(sf!)) as { rcode?: string }).rcode, "SERVFAIL");
   assert.equal(g.stats.servfails, 1);
@@ -370,6 +372,7 @@ Deno.test("forwarder: a second answer with an address still being written waits 
     patterns: ["svc.test"],
     resolvers: ["10.0.0.2"],
   });
+  f.activate("c".repeat(64));
   const key = `${"c".repeat(12)}-31`;
   const first = f.handle({ key, index: 0, tcp: false, data: query("svc.test") });
   await new Promise((r) => setTimeout(r, 10));
@@ -378,4 +381,34 @@ Deno.test("forwarder: a second answer with an address still being written waits 
   assert.equal(writes.length, 1, "released only once the one write was done");
   await first;
   assert.equal(writes.length, 1, "and the address was written once");
+});
+
+Deno.test("forwarder: under protect an alias of a protected name counts; TTLs are clamped; no IPv6 sets without IPv6", async () => {
+  const { clampTtl } = await import("../../src/fqdn/forwarder.ts");
+  assert.equal(clampTtl(0x80000000), 0, "RFC 2181: the top bit set means 0");
+  assert.equal(clampTtl(10 ** 9), 86400);
+  assert.equal(clampTtl(30), 30);
+  const zone = {
+    "x.attacker.test": [
+      { type: "CNAME" as const, name: "x.attacker.test", data: "db.internal.test" },
+      { type: "A" as const, name: "db.internal.test", data: "10.8.0.2" },
+    ],
+  };
+  const { io, writes } = fakeIo(zone);
+  const f = new DnsForwarder(io, { ...OPTS, ipv6: false });
+  await f.prepare({
+    id: "d".repeat(64),
+    name: "d",
+    pid: 41,
+    policy: "protect",
+    patterns: ["db.internal.test"],
+    resolvers: ["10.0.0.2"],
+  });
+  f.activate("d".repeat(64));
+  await f.handle({ key: `${"d".repeat(12)}-41`, index: 0, tcp: false, data: query("x.attacker.test") });
+  assert.deepEqual(writes.map((w) => w.entries.map((e) => [e.set, e.address])), [[[
+    setName("db.internal.test", "ipv4", "protect"),
+    "10.8.0.2",
+  ]]]);
+  f.stop();
 });

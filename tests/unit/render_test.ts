@@ -483,6 +483,7 @@ Deno.test("render: the template context, field by field", () => {
     },
     drop: "DROP",
     audit: false,
+    steered: false,
     log: {
       chains: [
         chain("dns-guard", "egt-log-dns", TAG.dns),
