@@ -138,7 +138,6 @@ export function parseBool(name: string, value: boolean | string | undefined): bo
   throw new ConfigError(`${name} must be true or false, not "${value}"`);
 }
 
-/** Validate a comma-separated resolver list: addresses or CIDRs of either family. */
 /** `--fqdn-upstream`: resolver addresses (no CIDRs). */
 export function parseUpstreams(value: string): string[] {
   return value.split(",").map((s) => s.trim()).filter(Boolean).map((a) => {
@@ -148,6 +147,7 @@ export function parseUpstreams(value: string): string[] {
   });
 }
 
+/** Validate a comma-separated resolver list: addresses or CIDRs of either family. */
 export function parseResolvers(value: string): string[] {
   const out: string[] = [];
   for (const part of value.split(",").map((s) => s.trim()).filter(Boolean)) {

@@ -165,6 +165,7 @@ async function open(key: string, seq: number, ns: string, count: number): Promis
   let v6 = true;
   let netlink = -1;
   let error: string | undefined;
+  let stranded = false;
   if (libc.symbols.setns(fd, CLONE_NEWNET) !== 0) {
     libc.symbols.close(fd);
     return { op: "failed", key, seq, error: `cannot enter ${ns}` };
@@ -198,13 +199,14 @@ async function open(key: string, seq: number, ns: string, count: number): Promis
     error = (err as Error).message;
   } finally {
     // Back home before anything else can run on this thread.
-    if (libc.symbols.setns(home, CLONE_NEWNET) !== 0) {
-      // Never keep running in a container's namespace: end the thread (the main thread sees it fail,
-      // and steers every container again).
-      self.close();
-      throw new Error("cannot return to the daemon's own network namespace");
-    }
+    stranded = libc.symbols.setns(home, CLONE_NEWNET) !== 0;
     libc.symbols.close(fd);
+  }
+  if (stranded) {
+    // Never keep running in a container's namespace: end the thread (the main thread sees it fail, and
+    // steers every container again). Nothing ran between the failed setns and this.
+    self.close();
+    throw new Error("cannot return to the daemon's own network namespace");
   }
   if (error !== undefined) {
     shut(g);

@@ -21,8 +21,6 @@ export interface SetSink {
 /** The nsenter-based {@link SetSink}. */
 export class SetWriter implements SetSink {
   private readonly queues = new Map<number, Queue>();
-  /** Processes run (for metrics). */
-  batches = 0;
   constructor(
     private readonly runner: CommandRunner,
     private readonly opts: { nsenter?: string; timeoutMs?: number } = {},
@@ -45,7 +43,6 @@ export class SetWriter implements SetSink {
       const waiters = q.waiters.splice(0);
       let error: Error | undefined;
       try {
-        this.batches++;
         const res = await this.runner.run(
           this.opts.nsenter ?? "nsenter",
           [`--net=/proc/${pid}/ns/net`, "--", "ipset", "-exist", "restore"],
