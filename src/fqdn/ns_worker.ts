@@ -112,9 +112,13 @@ function serveUdp(key: string, index: number, s: dgram.Socket) {
 /** DNS over TCP: 2-byte length, then the message; answered in order, one at a time per connection. */
 function serveTcp(key: string, index: number, srv: net.Server, conns: Set<net.Socket>) {
   srv.on("error", () => {});
+  // Each connection is a descriptor of the daemon's: a container gets a few at a time, for a while each.
+  srv.maxConnections = 32;
   srv.on("connection", (c) => {
     conns.add(c);
     c.setTimeout(10_000, () => c.destroy());
+    const life = setTimeout(() => c.destroy(), 60_000);
+    c.on("close", () => clearTimeout(life));
     let buf = new Uint8Array(0);
     let busy = false;
     /** The client sent everything it will: close once the answers to what it sent are written. */
