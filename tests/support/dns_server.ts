@@ -82,6 +82,22 @@ interface ServerStatus {
 /** Inside the container. */
 const MNT = { deno: "/opt/egt-dns/deno", code: "/opt/egt-dns/code", state: "/egt-dns" };
 
+/**
+ * `deno run` as test containers run a bind-mounted script with the host's deno binary: no config, lock,
+ * remote or npm modules (nothing is fetched), no prompt, and the network (UDP needs --unstable-net). Any
+ * address: a server answers whoever asked.
+ */
+export const CONTAINER_DENO_RUN = [
+  "run",
+  "--no-config",
+  "--no-lock",
+  "--no-remote",
+  "--no-npm",
+  "--no-prompt",
+  "--unstable-net",
+  "--allow-net",
+];
+
 /** A name as zone keys spell it. */
 function normName(name: string): string {
   return name.toLowerCase().replace(/\.$/, "");
@@ -178,15 +194,7 @@ export async function startTestDns(opts: TestDnsOptions): Promise<TestDns> {
       env: ["DENO_DIR=/tmp/deno", "DENO_NO_UPDATE_CHECK=1", "NO_COLOR=1"],
       cmd: [
         MNT.deno,
-        "run",
-        "--no-config",
-        "--no-lock",
-        "--no-remote",
-        "--no-npm",
-        "--no-prompt",
-        "--unstable-net",
-        // Any address: the server sends its answers to whoever asked (and asks itself over loopback).
-        "--allow-net",
+        ...CONTAINER_DENO_RUN,
         `--allow-read=${MNT.state}`,
         `--allow-write=${MNT.state}`,
         `${MNT.code}/server.js`,
