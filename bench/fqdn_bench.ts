@@ -32,6 +32,7 @@
 import { BUSYBOX_IMAGE, containerIp, execIn, HELPER_IMAGE } from "../tests/support/docker.ts";
 import type { DaemonProc } from "../tests/support/egresstrator.ts";
 import { REPO_ROOT } from "../tests/support/run_cli.ts";
+import { writeReadmeSection } from "./readme_section.ts";
 import { CONTAINER_DENO_RUN, startTestDns, type Zone } from "../tests/support/dns_server.ts";
 import {
   getMetrics,
@@ -602,12 +603,6 @@ function readmeSection(r: Result): string {
   ].join("\n");
 }
 
-async function writeReadme(section: string): Promise<void> {
-  const path = `${REPO_ROOT}/bench/README.md`;
-  let text = await Deno.readTextFile(path).catch(() => "# Benchmarks\n");
-  const a = text.indexOf(START), b = text.indexOf(END);
-  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + END.length);
-  else text = text.trimEnd() + "\n\n" + section + "\n";
-  await Deno.writeTextFile(path, text);
-  await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", path], cwd: REPO_ROOT }).output();
+function writeReadme(section: string): Promise<void> {
+  return writeReadmeSection(START, END, section);
 }

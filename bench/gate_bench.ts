@@ -16,6 +16,7 @@ import { startPrivateDockerd } from "../tests/support/dockerd.ts";
 import { startConsul } from "../tests/support/consul.ts";
 import { startDaemon } from "../tests/support/egresstrator.ts";
 import { REPO_ROOT } from "../tests/support/run_cli.ts";
+import { writeReadmeSection } from "./readme_section.ts";
 import { denoDir, writeGateWrapper } from "../tests/support/gate.ts";
 import { BUSYBOX_IMAGE } from "../tests/support/docker.ts";
 
@@ -316,14 +317,8 @@ async function readmeSection(r: Result): Promise<string> {
   ].join("\n");
 }
 
-async function writeReadme(section: string): Promise<void> {
-  const path = `${REPO_ROOT}/bench/README.md`;
-  let text = await Deno.readTextFile(path).catch(() => "# Benchmarks\n");
-  const a = text.indexOf(START), b = text.indexOf(END);
-  if (a >= 0 && b > a) text = text.slice(0, a) + section + text.slice(b + END.length);
-  else text = text.trimEnd() + "\n\n" + section + "\n";
-  await Deno.writeTextFile(path, text);
-  await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", path], cwd: REPO_ROOT }).output();
+function writeReadme(section: string): Promise<void> {
+  return writeReadmeSection(START, END, section);
 }
 
 if (import.meta.main) await main();

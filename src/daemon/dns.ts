@@ -35,7 +35,6 @@ export function inCidrs(address: string, cidrs: readonly string[]): boolean {
 /** The forwarder and what stops it. */
 export interface DaemonDns {
   forwarder: DnsForwarder;
-  listeners: NsListeners;
   /** Copy its counters into the metrics (at each scrape). */
   export(metrics: Metrics): void;
   stop(): void;
@@ -88,7 +87,6 @@ export function startDns(
   const last = { queries: 0, held: 0, servfails: 0, setUpdates: 0, upstreamErrors: 0 };
   return {
     forwarder,
-    listeners,
     export(metrics) {
       const s = forwarder.stats;
       const counters: [keyof typeof last, string, string][] = [
