@@ -19,7 +19,7 @@ import { VERSION } from "../version.ts";
 import { followEvents } from "./events.ts";
 import { statusSource } from "./status_source.ts";
 import { gateApplied, gateEnforce, gateRender } from "./gate_api.ts";
-import { shimEnforce, shimPrepare } from "./gate_shim.ts";
+import { earlyShim, shimCreated, shimEnforce, shimPrepare } from "./gate_shim.ts";
 import { type DenyWatch, startDenyWatch } from "./deny_watch.ts";
 import { startDns } from "./dns.ts";
 
@@ -126,8 +126,14 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
     dns: dns?.forwarder,
   };
   source.gateEnforce = (body) => gateEnforce(gateDeps, body, signal);
+  const early = earlyShim();
+  signal.addEventListener("abort", () => early.clear(), { once: true });
   source.shim = (what, body) =>
-    what === "prepare" ? Promise.resolve(shimPrepare(body)) : shimEnforce(gateDeps, body, signal);
+    what === "prepare"
+      ? Promise.resolve(shimPrepare(body))
+      : what === "created"
+      ? Promise.resolve(shimCreated(gateDeps, early, body, signal))
+      : shimEnforce(gateDeps, early, body, signal);
   const status = config.listen ? await serveStatus(config.listen, source, log, signal) : undefined;
   // After the status server: a daemon that cannot start must not leave the host sysctl changed.
   deny.watch = await startDenyWatch({ config, log, metrics, reconciler, rules, applier });

@@ -73,6 +73,8 @@ export interface CreatedContainer {
   onFailure: "deny" | "error";
   /** Runc just made its namespace: no raw table to empty (false for a namespace given as a path). */
   unstarted?: boolean;
+  /** Fail, rather than apply, rules that use DNS names (the shim's hook: see gate_shim.ts). */
+  withoutNames?: boolean;
 }
 
 /** Build (or deny-all), apply and adopt; the adopted report, or why not. */
@@ -108,6 +110,9 @@ export async function enforceCreated(
   let fqdn: string[] = [];
   try {
     const built = await buildRules(deps, want, deadline);
+    if (c.withoutNames && built.fqdn.length > 0) {
+      return { error: "rules by DNS name go in after the create", status: 409 };
+    }
     rules = { ...built, ...await withDns(deps, { id: c.id, name: want.name, pid: c.pid }, built) };
     fqdn = built.fqdn;
   } catch (err) {

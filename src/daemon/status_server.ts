@@ -68,8 +68,11 @@ export interface StatusSource {
   gateApplied?(body: unknown): Response;
   /** The runtime gate's fast path: body {id, pid, env}; the daemon applies and adopts. */
   gateEnforce?(body: unknown): Promise<Response>;
-  /** The runtime shim's protocol (see gate_shim.ts): `prepare` before create, `enforce` after. */
-  shim?(what: "prepare" | "enforce", body: unknown): Promise<Response>;
+  /**
+   * The runtime shim's protocol (see gate_shim.ts): `prepare` before create, `created` from its hook
+   * during create, `enforce` after.
+   */
+  shim?(what: "prepare" | "created" | "enforce", body: unknown): Promise<Response>;
   /** `GET /v1/seen/<full id>`: a {@link SeenReport}, or 404. */
   seen?(id: string): Response;
 }
@@ -119,9 +122,12 @@ export async function serveStatus(listen: string, src: StatusSource, log: Logger
       if (path === "/v1/gate/render" && src.gateRender) return await src.gateRender(body);
       if (path === "/v1/gate/applied" && src.gateApplied) return src.gateApplied(body);
       if (path === "/v1/gate/enforce" && src.gateEnforce) return await src.gateEnforce(body);
-      if ((path === "/v1/shim/prepare" || path === "/v1/shim/enforce") && src.shim) {
-        return await src.shim(path === "/v1/shim/prepare" ? "prepare" : "enforce", body);
-      }
+      const shim = ({
+        "/v1/shim/prepare": "prepare",
+        "/v1/shim/created": "created",
+        "/v1/shim/enforce": "enforce",
+      } as const)[path as "/v1/shim/prepare"];
+      if (shim && src.shim) return await src.shim(shim, body);
     }
     if (req.method !== "GET") return new Response("method not allowed\n", { status: 405 });
     if (path === "/healthz") return Response.json({ status: "ok", docker: src.report().docker });

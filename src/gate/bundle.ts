@@ -2,7 +2,15 @@
  * The gate's look at an opted-in bundle before `runc create`: parse config.json, decide (spec.ts), and
  * write the edited spec back in place (atomically) when a capability was dropped.
  */
-import { decideCaps, decideSpec, type OciSpec, specEnv, type SpecPolicy } from "./spec.ts";
+import {
+  decideCaps,
+  decideSpec,
+  type OciHook,
+  type OciSpec,
+  specEnv,
+  type SpecPolicy,
+  withPrestartHook,
+} from "./spec.ts";
 import { isHostNetns } from "../apply/netns.ts";
 
 /** What runtime.ts does next. */
@@ -64,12 +72,16 @@ export function decideExec(
   return undefined;
 }
 
-/** Decide for the bundle whose config.json is `text` at `path`. Never throws: a bad spec is refused. */
+/**
+ * Decide for the bundle whose config.json is `text` at `path`. Never throws: a bad spec is refused.
+ * `hook`: for a container to enforce, put it in as the first prestart hook (see withPrestartHook).
+ */
 export function decideBundle(
   path: string,
   text: string,
   env: Record<string, string | undefined>,
-): BundleDecision {
+  hook?: OciHook,
+): BundleDecision & { hooked?: boolean } {
   let spec: OciSpec;
   try {
     spec = JSON.parse(text) as OciSpec;
@@ -81,7 +93,12 @@ export function decideBundle(
   const d = decideSpec(spec, policyOf(env), isHostNetns);
   if (d.action === "refuse") return { refuse: d.why };
   if (d.action === "pass") return { note: d.why };
-  const failed = d.spec ? replaceJson(path, d.spec) : undefined;
-  if (failed) return { refuse: `cannot drop ${d.dropped.join(",")} from ${path}: ${failed}` };
-  return { enforceEnv: containerEnv };
+  const edited = hook ? withPrestartHook(d.spec ?? spec, hook) : d.spec;
+  const failed = edited ? replaceJson(path, edited) : undefined;
+  if (failed) {
+    return {
+      refuse: `cannot ${d.dropped.length ? `drop ${d.dropped.join(",")} from` : "write"} ${path}: ${failed}`,
+    };
+  }
+  return { enforceEnv: containerEnv, hooked: hook !== undefined };
 }

@@ -125,3 +125,29 @@ export function decideCaps(spec: OciSpec, policy: SpecPolicy): SpecDecision {
     ? { action: "enforce", spec: next, dropped: ["CAP_NET_RAW"] }
     : { action: "enforce", dropped: [] };
 }
+
+/** The argument that marks the shim's own prestart hook (so an edited spec never gets it twice). */
+export const HOOK_ARG = "--egresstrator-hook";
+
+/** An OCI hook: what runc runs, with the container's state on stdin. */
+export interface OciHook {
+  path: string;
+  args?: string[];
+  env?: string[];
+  timeout?: number;
+}
+
+/**
+ * `spec` with `hook` as its first prestart hook: runc runs prestart hooks once the container's
+ * namespaces exist and before its process can run, in order, so this one comes before Docker's own
+ * (`libnetwork-setkey`, which sets up the interfaces). A hook of ours already there is replaced.
+ */
+export function withPrestartHook(spec: OciSpec, hook: OciHook): OciSpec {
+  const hooks = (spec.hooks && typeof spec.hooks === "object" ? spec.hooks : {}) as Record<string, unknown>;
+  const prestart = Array.isArray(hooks.prestart) ? hooks.prestart as unknown[] : [];
+  const others = prestart.filter((h) => {
+    const args = (h as { args?: unknown })?.args;
+    return !(Array.isArray(args) && args.includes(HOOK_ARG));
+  });
+  return { ...spec, hooks: { ...hooks, prestart: [hook, ...others] } };
+}

@@ -29,7 +29,7 @@ import {
   RUN_ID,
   TEST_LABEL,
 } from "../support/docker.ts";
-import { writeGateWrapper } from "../support/gate.ts";
+import { shimPath, writeGateWrapper } from "../support/gate.ts";
 import { pool } from "../support/live.ts";
 import type { CliResult } from "../support/run_cli.ts";
 import { freePort } from "../support/ports.ts";
@@ -51,6 +51,8 @@ interface Env {
   consul: ConsulAgent;
   net: PrivateNetwork;
   serverIp: string;
+  /** The server container's name, which Docker's embedded DNS answers on the test network. */
+  serverName: string;
   daemon?: DaemonProc;
   listen: string;
   gateLog: string;
@@ -155,6 +157,7 @@ async function withGateEnv(
       consul,
       net,
       serverIp,
+      serverName: server.name,
       daemon,
       listen,
       gateLog,
@@ -533,16 +536,26 @@ async function gateMetric(listen: string, denied: boolean): Promise<number> {
   return m ? Number(m[1]) : 0;
 }
 
-/** Start a hostile container with the daemon up; its gate log line once its verdict is in. */
+/**
+ * Start a hostile container with the daemon up; its gate log line once its verdict is in. `client`: how
+ * the shim must have asked the daemon (perl, the host's default here; curl; or neither, and then the
+ * binary did the create).
+ */
 async function gatedWithDaemon(
   env: Env,
+  client: "perl" | "curl" | "binary" = "perl",
 ): Promise<{ id: string; short: string; line: Record<string, unknown> }> {
   const id = await startHostileDetached(env, "other");
   assert.match((await verdicts(env, id, 1))[0], /^BLOCKED: /);
   const [line] = await env.gateLines(id);
   assert.deepEqual([line.decision, line.source], ["applied", "daemon"], JSON.stringify(line));
-  // The shim did it over the daemon's socket: no egresstrator process for this create.
-  assert.equal(line.via, "shim", JSON.stringify(line));
+  if (client === "binary") {
+    assert.equal(line.via, undefined, JSON.stringify(line));
+  } else {
+    // The shim did it over the daemon's socket: no egresstrator process for this create; the rules went
+    // in from its prestart hook, while runc was still creating.
+    assert.deepEqual([line.via, line.client, line.hook], ["shim", client, true], JSON.stringify(line));
+  }
   return { id, short: id.slice(0, 12), line };
 }
 
@@ -568,6 +581,48 @@ Deno.test("gate: daemon up: the gate takes the daemon's rules and reports them (
     assert.ok(entry.lastApplied);
     const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
     assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
+  });
+});
+
+Deno.test("gate: daemon up: without perl the shim asks with curl, without both the binary does the create", async () => {
+  await withGateEnv({ daemon: true }, async (env) => {
+    for (const [tools, client] of [[["curl"], "curl"], [[], "binary"]] as const) {
+      await shimPath(env.dir, [...tools]);
+      const { id } = await gatedWithDaemon(env, client);
+      const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
+      assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), `${client}: ${saved}`);
+    }
+    await shimPath(env.dir, undefined);
+    await gatedWithDaemon(env, "perl");
+  });
+});
+
+Deno.test("gate: the hook's rules go in beside Docker's own: its embedded DNS answers from the first instruction", async () => {
+  // The hook's apply runs while Docker's libnetwork-setkey hook writes its DNS rules (nat) into the same
+  // namespace: both must land, every time.
+  await withGateEnv({ daemon: true }, async (env) => {
+    const starts = 10;
+    for (let i = 0; i < starts; i++) {
+      const r = await env.docker([
+        "run",
+        "--rm",
+        "--runtime",
+        GATE,
+        ...onNetwork(env),
+        ...optedIn("other"),
+        BUSYBOX_IMAGE,
+        "nslookup",
+        env.serverName,
+      ]);
+      assert.equal(r.code, 0, `start ${i}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stdout, new RegExp(`Address: ${env.serverIp.replace(/\./g, "\\.")}\n`), r.stdout);
+    }
+    const lines = await env.gateLines();
+    assert.deepEqual(
+      lines.map((l) => [l.decision, l.hook]),
+      Array.from({ length: starts }, () => ["applied", true]),
+      JSON.stringify(lines),
+    );
   });
 });
 
@@ -705,11 +760,13 @@ Deno.test("gate: rules by DNS name are in force at the first instruction (steeri
           // First instruction, no lookup: the same address is not in this new container's set.
           const direct = await run(`echo | nc -w 2 ${env.serverIp} 8080 && echo REACHED || echo REFUSED`);
           assert.match(direct.stdout, /REFUSED/, direct.stdout);
+          // Not from the shim's hook, which leaves rules by DNS name to after the create (the listeners
+          // read the container's resolv.conf, not in place before then): the enforce applied them.
           const gate = await env.gateLines();
-          assert.deepEqual(gate.map((l) => [l.decision, l.source]), [["applied", "daemon"], [
-            "applied",
-            "daemon",
-          ]]);
+          assert.deepEqual(gate.map((l) => [l.decision, l.source, l.via, l.hook]), [
+            ["applied", "daemon", "shim", false],
+            ["applied", "daemon", "shim", false],
+          ]);
         } finally {
           await daemon.stop();
         }

@@ -1,6 +1,14 @@
 /** The gate's checks and edits of an opted-in container's OCI spec before `runc create` (pure). */
 import assert from "node:assert/strict";
-import { decideSpec, dropCap, netnsKind, type OciSpec, specCaps } from "../../src/gate/spec.ts";
+import {
+  decideSpec,
+  dropCap,
+  HOOK_ARG,
+  netnsKind,
+  type OciSpec,
+  specCaps,
+  withPrestartHook,
+} from "../../src/gate/spec.ts";
 
 const DEFAULT_CAPS = ["CAP_CHOWN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID"];
 const STRICT = { allowHostNetwork: false, allowNetAdmin: false, keepNetRaw: false };
@@ -72,4 +80,20 @@ Deno.test("gate spec: decisions, strict and loosened", () => {
       "enforce",
     );
   }
+});
+
+Deno.test("gate spec: the shim's hook goes in first among the prestart hooks, once, the others kept", () => {
+  const hook = { path: "/usr/local/bin/egresstrator-runtime", args: ["x", HOOK_ARG, "/run/s.sock"] };
+  const docker = { path: "/proc/1/exe", args: ["libnetwork-setkey", "-exec-root=/run/docker", "id", "c"] };
+  // No hooks at all: a prestart list of ours alone.
+  assert.deepEqual(withPrestartHook(spec(), hook).hooks, { prestart: [hook] });
+  // Docker's hook stays, after ours; other kinds of hooks stay untouched.
+  const withDocker = { ...spec(), hooks: { prestart: [docker], poststop: [docker] } };
+  const once = withPrestartHook(withDocker, hook);
+  assert.deepEqual(once.hooks, { prestart: [hook, docker], poststop: [docker] });
+  // A spec edited twice (a create retried on the same bundle) holds ours once, the new one.
+  const newer = { ...hook, args: ["x", HOOK_ARG, "/run/other.sock"] };
+  assert.deepEqual(withPrestartHook(once, newer).hooks, { prestart: [newer, docker], poststop: [docker] });
+  // The input is not changed.
+  assert.deepEqual(withDocker.hooks, { prestart: [docker], poststop: [docker] });
 });
