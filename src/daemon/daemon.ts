@@ -130,7 +130,7 @@ export async function startDaemon(config: Config, log: Logger, signal: AbortSign
   signal.addEventListener("abort", () => early.clear(), { once: true });
   source.shim = (what, body) =>
     what === "prepare"
-      ? Promise.resolve(shimPrepare(body))
+      ? Promise.resolve(shimPrepare(body, gateDeps.applier !== undefined))
       : what === "created"
       ? Promise.resolve(shimCreated(gateDeps, early, body, signal))
       : shimEnforce(gateDeps, early, body, signal);

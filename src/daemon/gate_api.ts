@@ -75,6 +75,8 @@ export interface CreatedContainer {
   unstarted?: boolean;
   /** Fail, rather than apply, rules that use DNS names (the shim's hook: see gate_shim.ts). */
   withoutNames?: boolean;
+  /** How long building and applying may take (default 5 s). */
+  deadlineMs?: number;
 }
 
 /** Build (or deny-all), apply and adopt; the adopted report, or why not. */
@@ -90,7 +92,7 @@ export async function enforceCreated(
   if (!cgroup.includes(c.id)) {
     return { error: `pid ${c.pid} is not in container ${c.id.slice(0, 12)}`, status: 400 };
   }
-  const deadline = AbortSignal.any([signal, AbortSignal.timeout(5000)]);
+  let deadline = AbortSignal.any([signal, AbortSignal.timeout(c.deadlineMs ?? 5000)]);
   const want = {
     id: c.id,
     name: c.id.slice(0, 12),
@@ -117,6 +119,8 @@ export async function enforceCreated(
     fqdn = built.fqdn;
   } catch (err) {
     if (c.onFailure !== "deny") return { error: `no rules could be had: ${describeError(err)}`, status: 503 };
+    // The build may have used up the deadline: deny-all gets a short one of its own.
+    if (deadline.aborted) deadline = AbortSignal.any([signal, AbortSignal.timeout(3000)]);
     const rendered = (deps.denyRenderer ?? deps.renderer()).renderAll(
       denyPlan(deps.config, want, want.audit),
     );

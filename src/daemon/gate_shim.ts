@@ -73,8 +73,12 @@ function hookOf(h: unknown): OciHook | undefined {
   };
 }
 
-/** `/v1/shim/prepare`. */
-export function shimPrepare(body: unknown): Response {
+/**
+ * `/v1/shim/prepare`. `canEnforce`: false for a daemon in helper mode, which cannot reach a namespace
+ * whose container is only created: 501, and the shim runs the gate binary, which applies itself.
+ */
+export function shimPrepare(body: unknown, canEnforce = true): Response {
+  if (!canEnforce) return text("the daemon does not apply with nsenter", 501);
   const b = body as { bundle?: unknown; allow?: Record<string, unknown>; hook?: unknown };
   const bundle = bundleOf(b);
   if (!bundle) {
@@ -144,6 +148,8 @@ export function shimCreated(
       env,
       onFailure: "error",
       withoutNames: true,
+      // Short: the enforce waits for it, and after a failure still has its own time to apply.
+      deadlineMs: 3000,
     }, signal);
     return "report" in out ? out.report : undefined;
   });

@@ -7,6 +7,7 @@ import {
   decideSpec,
   type OciHook,
   type OciSpec,
+  parseLossless,
   specEnv,
   type SpecPolicy,
   withPrestartHook,
@@ -57,7 +58,7 @@ export function decideExec(
 ): string | undefined {
   let process: OciSpec["process"];
   try {
-    process = JSON.parse(text) as OciSpec["process"];
+    process = parseLossless(text) as OciSpec["process"];
   } catch (err) {
     return `${path} is not JSON: ${(err as Error).message}`;
   }
@@ -84,7 +85,7 @@ export function decideBundle(
 ): BundleDecision & { hooked?: boolean } {
   let spec: OciSpec;
   try {
-    spec = JSON.parse(text) as OciSpec;
+    spec = parseLossless(text) as OciSpec;
   } catch (err) {
     return { refuse: `${path} is not JSON: ${(err as Error).message}` };
   }

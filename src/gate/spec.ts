@@ -151,3 +151,18 @@ export function withPrestartHook(spec: OciSpec, hook: OciHook): OciSpec {
   });
   return { ...spec, hooks: { ...hooks, prestart: [hook, ...others] } };
 }
+
+const RawJSON = JSON as unknown as { rawJSON(text: string): unknown };
+
+/**
+ * JSON.parse that loses no number: one a double cannot hold exactly (Docker writes `--ulimit memlock=-1`
+ * as 18446744073709551615, which runc reads as a uint64) is kept as its own text and written back as it
+ * was by JSON.stringify. The gate rewrites specs; it must never change what it does not mean to.
+ */
+export function parseLossless(text: string): unknown {
+  return JSON.parse(text, function (_key, value, ctx?: { source?: string }) {
+    return typeof value === "number" && ctx?.source !== undefined && String(value) !== ctx.source
+      ? RawJSON.rawJSON(ctx.source)
+      : value;
+  });
+}

@@ -581,6 +581,26 @@ Deno.test("gate: daemon up: the gate takes the daemon's rules and reports them (
     assert.ok(entry.lastApplied);
     const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
     assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
+    // A refusal the shim gets from the daemon is in the gate log too.
+    const admin = await env.docker([
+      "run",
+      "--rm",
+      "--runtime",
+      GATE,
+      ...onNetwork(env),
+      ...optedIn("other"),
+      "--cap-add",
+      "NET_ADMIN",
+      BUSYBOX_IMAGE,
+      "true",
+    ]);
+    assert.notEqual(admin.code, 0, "a NET_ADMIN container started");
+    assert.match(admin.stderr, /refusing to start .*holds CAP_NET_ADMIN/);
+    const refused = (await env.gateLines()).filter((l) => l.decision === "refused");
+    assert.equal(refused.length, 1, JSON.stringify(refused));
+    assert.equal(refused[0].via, "shim");
+    assert.match(String(refused[0].id), /^[0-9a-f]{64}$/);
+    assert.match(String(refused[0].error), /holds CAP_NET_ADMIN/);
   });
 });
 
@@ -617,13 +637,48 @@ Deno.test("gate: the hook's rules go in beside Docker's own: its embedded DNS an
       assert.equal(r.code, 0, `start ${i}: ${r.stdout}${r.stderr}`);
       assert.match(r.stdout, new RegExp(`Address: ${env.serverIp.replace(/\./g, "\\.")}\n`), r.stdout);
     }
+    // A spec the gate rewrites keeps what runc reads as uint64 (Docker writes unlimited as 2^64-1).
+    const big = await env.docker([
+      "run",
+      "--rm",
+      "--runtime",
+      GATE,
+      ...onNetwork(env),
+      ...optedIn("other"),
+      "--ulimit", // (core: its hard limit is unlimited already, so raising it needs no CAP_SYS_RESOURCE)
+      "core=-1:-1",
+      BUSYBOX_IMAGE,
+      "sh",
+      "-c",
+      "ulimit -c",
+    ]);
+    assert.deepEqual([big.code, big.stdout.trim()], [0, "unlimited"], big.stderr);
     const lines = await env.gateLines();
     assert.deepEqual(
       lines.map((l) => [l.decision, l.hook]),
-      Array.from({ length: starts }, () => ["applied", true]),
+      Array.from({ length: starts + 1 }, () => ["applied", true]),
       JSON.stringify(lines),
     );
   });
+});
+
+Deno.test("gate: a daemon in helper mode: the shim leaves the create to the gate binary, which applies itself", async () => {
+  await withGateEnv(
+    {
+      daemon: true,
+      daemonArgs: ["--mode", "helper", "-i", HELPER_IMAGE],
+      images: [BUSYBOX_IMAGE, HELPER_IMAGE],
+    },
+    async (env) => {
+      const id = await startHostileDetached(env, "other");
+      assert.match((await verdicts(env, id, 1))[0], /^BLOCKED: /);
+      const [line] = await env.gateLines(id);
+      assert.equal(line.decision, "applied", JSON.stringify(line));
+      assert.equal(line.via, undefined, `not the shim's: ${JSON.stringify(line)}`);
+      const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
+      assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
+    },
+  );
 });
 
 Deno.test({

@@ -71,3 +71,28 @@ Deno.test("early applies: forgotten after their time; at most EARLY_MAX at once"
   full.clear();
   assert.equal(full.size, 0);
 });
+
+Deno.test("early applies: news from a hook that comes after its create's enforce found nothing is dropped", async () => {
+  const book = new EarlyApplies<string>();
+  let ran = 0;
+  assert.equal(await book.take(ID, 42, "/b"), undefined, "the enforce came first and applied itself");
+  assert.equal(book.start(ID, 42, "/b", () => Promise.resolve(`late ${++ran}`)), false);
+  assert.equal(ran, 0, "nothing was applied to a container that may be running by now");
+  // The next create of the same container (docker restart: same id, another pid) is not affected.
+  assert.equal(book.start(ID, 43, "/b", () => Promise.resolve("restart")), true);
+  assert.equal((await book.take(ID, 43, "/b"))?.value, "restart");
+  book.clear();
+});
+
+Deno.test("early applies: a second start for one id runs after the first is done", async () => {
+  const book = new EarlyApplies<string>();
+  const first = later<string>();
+  const order: string[] = [];
+  book.start(ID, 42, "/b", () => first.promise.then((v) => (order.push("first"), v)));
+  book.start(ID, 43, "/b", () => (order.push("second"), Promise.resolve("second")));
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(order, [], "the second waits for the first");
+  first.resolve("first");
+  assert.equal((await book.take(ID, 43, "/b"))?.value, "second");
+  assert.deepEqual(order, ["first", "second"]);
+});

@@ -9,6 +9,7 @@ import {
   specCaps,
   withPrestartHook,
 } from "../../src/gate/spec.ts";
+import { decideBundle } from "../../src/gate/bundle.ts";
 
 const DEFAULT_CAPS = ["CAP_CHOWN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID"];
 const STRICT = { allowHostNetwork: false, allowNetAdmin: false, keepNetRaw: false };
@@ -96,4 +97,27 @@ Deno.test("gate spec: the shim's hook goes in first among the prestart hooks, on
   assert.deepEqual(withPrestartHook(once, newer).hooks, { prestart: [newer, docker], poststop: [docker] });
   // The input is not changed.
   assert.deepEqual(withDocker.hooks, { prestart: [docker], poststop: [docker] });
+});
+
+Deno.test("gate spec: a rewritten spec keeps every number as it was (runc reads rlimits as uint64)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "egt-spec-" });
+  try {
+    const path = `${dir}/config.json`;
+    const text = JSON.stringify(spec()).replace(
+      '"linux":',
+      '"process2":{"rlimits":[{"type":"RLIMIT_MEMLOCK","hard":18446744073709551615,"soft":18446744073709551615}],' +
+        '"oomScoreAdj":-1000,"x":1.50,"y":1e400},"linux":',
+    );
+    const hook = { path: "/usr/local/bin/egresstrator-runtime", args: ["x", HOOK_ARG, "/s"] };
+    const d = decideBundle(path, text, {}, hook);
+    assert.ok(d.enforceEnv && d.hooked, JSON.stringify(d));
+    const written = await Deno.readTextFile(path);
+    for (const n of ["18446744073709551615", '"oomScoreAdj":-1000', '"x":1.50', '"y":1e400']) {
+      assert.ok(written.includes(n), `${n} missing from ${written}`);
+    }
+    assert.deepEqual((JSON.parse(written) as OciSpec).hooks, { prestart: [hook] });
+    assert.deepEqual(specCaps(JSON.parse(written)).has("CAP_NET_RAW"), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
