@@ -306,7 +306,10 @@ async function readmeSection(r: Result): Promise<string> {
     "",
     `Goals (issue): pass-through overhead < 10 ms — ${verdict(r.goalsMet.passThrough)} ` +
     `(${signed(r.overheadMedianMs.passThrough)} ms); opted-in < 50 ms — ${verdict(r.goalsMet.optedIn)} ` +
-    `(${signed(r.overheadMedianMs.optedIn)} ms).`,
+    `(${signed(r.overheadMedianMs.optedIn)} ms). Each start's own spread (p90 against median, about 30 ms) ` +
+    "is far larger than the pass-through figure, so only the median of many interleaved runs means anything, " +
+    "and it moves by up to ~10 ms from one run of this bench to the next (five runs on 2026-12-01: " +
+    "pass-through -8.9 to +8.4 ms, opted in +11.4 to +28 ms).",
     "",
     "Where the time goes. dockerd runs the **shim** (`packaging/egresstrator-runtime`, POSIX sh) for every " +
     `runtime call; one \`docker run\` makes ${callsDeno} of them (\`${
@@ -319,7 +322,7 @@ async function readmeSection(r: Result): Promise<string> {
     "over its unix socket to check the spec, which the daemon edits (CAP_NET_RAW dropped) and gives a first " +
     "prestart hook: the shim itself. It runs `runc create`; runc runs the hook as soon as the container's " +
     "namespaces exist, before Docker's own `libnetwork-setkey` hook and the rest of the create; the hook " +
-    "hands the daemon the pid and returns, and the daemon renders from its warm caches and writes the rules " +
+    "hands the daemon its state (id, pid, bundle) and returns, and the daemon renders from its warm caches and writes the rules " +
     "(nsenter, one restore per family) while the create goes on. After the create the shim reads the pid " +
     "file and asks whether the rules are in; the daemon answers from the hook's apply and adopts the rules, " +
     "so the start event applies nothing." +
@@ -338,7 +341,9 @@ async function readmeSection(r: Result): Promise<string> {
     `ms median; importing src/gate/start.ts ${su.denoImportGateStart.median} ms) on top.`,
     "",
     "What is left: the shell and its grep (the pass-through row), the three questions, the spec written back " +
-    "with the hook, and the hook's own process inside the create. Before the hook (this bench, earlier the same day) the rules " +
+    "with the hook, the hook's own process inside the create, and the hook's apply (its iptables processes) " +
+    "taking CPU from runc and Docker's hook on the two cores while the create goes on. Before the hook (this " +
+    "bench, earlier the same day) the rules " +
     "were written after `runc create`, in its critical path: +57 ms, of which the write was ~33 ms (one " +
     "`iptables-restore` and one `ip6tables-restore`, ~15 ms each, ~10 ms of that each process waiting in the " +
     "kernel as it closes its nf_tables socket) and curl's two questions ~17 ms.",
