@@ -72,6 +72,10 @@ function ask(key: string, index: number, tcp: boolean, data: Uint8Array): Promis
   });
 }
 
+/** Ports tried per listener when the one the kernel gave for UDP is taken for TCP or on ::1. */
+const PORT_TRIES = 8;
+const inUse = (err: Error) => (err as { code?: string }).code === "EADDRINUSE";
+
 function bindUdp(type: "udp4" | "udp6", address: string, port: number): Promise<dgram.Socket> {
   return new Promise((resolve, reject) => {
     const s = dgram.createSocket({ type, reuseAddr: false });
@@ -174,34 +178,59 @@ async function open(key: string, seq: number, ns: string, count: number): Promis
     libc.symbols.close(fd);
     return { op: "failed", key, seq, error: `cannot enter ${ns}` };
   }
+  // UDP sockets whose port something in the namespace holds for TCP or on ::1: kept open until every
+  // listener is bound, so the kernel picks another port next time, then closed.
+  const held: dgram.Socket[] = [];
   try {
     for (let i = 0; i < count; i++) {
-      // Port 0: the kernel picks a free port in that namespace; TCP and IPv6 take the same number.
-      const u4 = await bindUdp("udp4", "127.0.0.1", 0);
-      g.udp.push(u4);
-      const port = u4.address().port;
-      g.tcp.push(await listenTcp("127.0.0.1", port));
-      if (v6) {
-        try {
-          g.udp.push(await bindUdp("udp6", "::1", port));
-          g.tcp.push(await listenTcp("::1", port));
-        } catch {
-          v6 = false; // no IPv6 loopback there (IPv6 switched off): the steering leaves IPv6 DNS alone
+      let port = 0;
+      for (let attempt = 1;; attempt++) {
+        // Port 0: the kernel picks a free port in that namespace; TCP and IPv6 take the same number.
+        const u4 = await bindUdp("udp4", "127.0.0.1", 0);
+        port = u4.address().port;
+        const t4 = await listenTcp("127.0.0.1", port).catch((err: Error) => err);
+        if (t4 instanceof Error) {
+          held.push(u4);
+          if (inUse(t4) && attempt < PORT_TRIES) continue;
+          throw t4;
         }
+        let six: [dgram.Socket, net.Server] | undefined;
+        if (v6) {
+          const u6 = await bindUdp("udp6", "::1", port).catch((err: Error) => err);
+          const t6 = u6 instanceof Error ? u6 : await listenTcp("::1", port).catch((err: Error) => err);
+          if (!(u6 instanceof Error) && !(t6 instanceof Error)) six = [u6, t6 as net.Server];
+          else {
+            if (!(u6 instanceof Error)) u6.close();
+            const err = t6 as Error;
+            if (inUse(err) && attempt < PORT_TRIES) {
+              held.push(u4);
+              t4.close();
+              continue;
+            }
+            if (inUse(err)) throw err;
+            v6 = false; // no IPv6 loopback there (IPv6 switched off): the steering leaves IPv6 DNS alone
+          }
+        }
+        g.udp.push(u4);
+        g.tcp.push(t4);
+        serveUdp(key, i, u4);
+        serveTcp(key, i, t4, g.conns);
+        if (six) {
+          g.udp.push(six[0]);
+          g.tcp.push(six[1]);
+          serveUdp(key, i, six[0]);
+          serveTcp(key, i, six[1], g.conns);
+        }
+        break;
       }
       ports.push(port);
-      serveUdp(key, i, u4);
-      serveTcp(key, i, g.tcp[g.tcp.length - (v6 ? 2 : 1)], g.conns);
-      if (v6) {
-        serveUdp(key, i, g.udp[g.udp.length - 1]);
-        serveTcp(key, i, g.tcp[g.tcp.length - 1], g.conns);
-      }
     }
     // For the set updates (netlink_sets.ts): made here, so it talks to this namespace's ipsets.
     netlink = netlinkSocket();
   } catch (err) {
     error = (err as Error).message;
   } finally {
+    for (const s of held) s.close();
     // Back home before anything else can run on this thread.
     stranded = libc.symbols.setns(home, CLONE_NEWNET) !== 0;
     libc.symbols.close(fd);

@@ -19,7 +19,7 @@ import {
   withLive,
 } from "../support/live.ts";
 import { BUSYBOX_IMAGE, containerAddresses, containerIp, execIn, HELPER_IMAGE } from "../support/docker.ts";
-import { startTestDns, type TestDns } from "../support/dns_server.ts";
+import { CONTAINER_DENO_RUN, startTestDns, type TestDns } from "../support/dns_server.ts";
 import { runCli } from "../support/run_cli.ts";
 
 async function applied(p: DaemonProc, name: string): Promise<void> {
@@ -469,3 +469,127 @@ Deno.test("fqdn allowlist over IPv6: AAAA answers from the container's own IPv6 
     });
   });
 });
+
+/**
+ * A resolver client that keeps ONE UDP socket to its server (as c-ares or a cache does): one line per answer.
+ * Like a real one, it goes on when a send fails: while the rules change, the guards drop the old flow's
+ * queries, and a packet dropped on its way out fails the send (EPERM).
+ */
+const ONE_SOCKET_CLIENT = `
+const [server, name] = Deno.args;
+const sock = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 });
+const q = (id) => {
+  const labels = name.split(".").flatMap((l) => [l.length, ...new TextEncoder().encode(l)]);
+  return new Uint8Array([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, ...labels, 0, 0, 1, 0, 1]);
+};
+(async () => { for await (const [m] of sock) console.log("answer " + ((m[0] << 8) | m[1])); })();
+for (let id = 1; ; id++) {
+  await sock.send(q(id), { transport: "udp", hostname: server, port: 53 }).catch((e) => console.log("send " + e.name));
+  await new Promise((r) => setTimeout(r, 200));
+}
+`;
+
+Deno.test("fqdn protect: a DNS flow from before the steering (one long-lived socket) is steered once the rules use names", async () => {
+  await withLive({ images: IMAGES }, async (env) => {
+    const { net, ips } = await servers(env, 1);
+    const dir = await Deno.makeTempDir({ prefix: "egt-fqdn-old-" });
+    try {
+      await Deno.writeTextFile(`${dir}/client.js`, ONE_SOCKET_CLIENT);
+      await withDns(env, net.name, { "prot.test": { a: [ips[0]], ttl: 1 } }, async (dns) => {
+        await env.put("own", "10.50.1.0/24:tcp/443\n");
+        const client = await env.d.run({
+          image: HELPER_IMAGE,
+          cmd: ["/opt/egt-deno/deno", ...CONTAINER_DENO_RUN, "/opt/egt-code/client.js", dns.ip, "prot.test"],
+          env: [...optIn(["own"], "protect"), "DENO_DIR=/tmp/deno", "DENO_NO_UPDATE_CHECK=1", "NO_COLOR=1"],
+          network: net.name,
+          hostConfig: { Binds: [`${Deno.execPath()}:/opt/egt-deno/deno:ro`, `${dir}:/opt/egt-code:ro`] },
+        });
+        const p = await env.daemon(["--fqdn-upstream", dns.ip]);
+        await applied(p, client.name);
+        // Answers come straight from the server on the one socket: no rule uses a name yet, nothing is steered.
+        const before = await dns.queries("prot.test");
+        await waitFor(
+          async () => (await dns.queries("prot.test")) >= before + 3 || undefined,
+          20_000,
+          "queries",
+        );
+        assert.deepEqual(await steered(env), []);
+        // A key another container's rules would protect now names it: this container is steered, and the
+        // socket's flow, which nat saw before, must not go on around the forwarder.
+        await env.put("ext", "prot.test:tcp/8080\n");
+        await waitFor(
+          () =>
+            p.logs().filter((e) => e.msg === "applied" && e.container === client.name).length >= 2 ||
+            undefined,
+          30_000,
+          "re-applied with the steering",
+        );
+        const row = await waitFor(
+          async () => {
+            const r = (await getStatus(env.listen)).dns?.find((x) => x.id === client.id);
+            return r && r.names.some((n) => n.name === "prot.test" && n.count >= 3) ? r : undefined;
+          },
+          20_000,
+          "the old socket's queries reaching the forwarder",
+        );
+        assert.ok(row);
+        // And what they were answered is refused.
+        assert.equal(await connects(client.id, env.d.host, ips[0]), false);
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  });
+});
+
+Deno.test("fqdn: a listener takes another port when the container holds, for TCP, the one the kernel gave it for UDP", async () => {
+  await withLive({ images: IMAGES }, async (env) => {
+    const host = env.d.host;
+    const { net, ips } = await servers(env, 1);
+    await withDns(env, net.name, { "busy.test": { a: [ips[0]], ttl: 1 } }, async (dns) => {
+      await withResolvConf(dns.ip, async (bind) => {
+        await env.put("busy", "busy.test:tcp/8080\n");
+        // Eight ports to pick from in its namespace, seven of them held for TCP on 127.0.0.1 (httpd goes to
+        // the background): the forwarder's listener (UDP, TCP on the same port) fits on 40007 alone.
+        const held = [0, 1, 2, 3, 4, 5, 6].map((i) => `httpd -p 127.0.0.1:${40000 + i}`).join(" && ");
+        const client = await env.d.run({
+          cmd: ["sh", "-c", `${held} && exec sleep 3600`],
+          env: optIn(["busy"], "allowlist"),
+          network: net.name,
+          hostConfig: { Binds: [bind], Sysctls: { "net.ipv4.ip_local_port_range": "40000 40007" } },
+        });
+        const pid = await containerPid(client.id, host);
+        await waitFor(
+          async () => {
+            const ss = await nsenterOut(pid, ["ss", "-Htln"]);
+            return ss.includes("127.0.0.1:40006") || undefined;
+          },
+          10_000,
+          "the container's seven TCP listeners",
+        );
+        const p = await env.daemon();
+        await applied(p, client.name);
+        const nft = await nsenterOut(pid, ["nft", "list", "table", "inet", "egresstrator"]);
+        assert.match(nft, /dnat ip to 127\.0\.0\.1:40007/, nft);
+        // Room again for the container's own connections (their source ports come from the same range).
+        await nsenterOut(pid, ["sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40999"]);
+        const r = await lookThenConnect(client.id, host, "busy.test", 3);
+        assert.equal(r.ok, 3, r.raw);
+        const t = await tcpLookup(client.id, host, dns.ip, "busy.test");
+        assert.equal(t.address, ips[0], `an answer over TCP: ${t.raw}`);
+        assert.equal((await p.stop()).code, 0);
+      });
+    });
+  });
+});
+
+async function nsenterOut(pid: number, cmd: string[]): Promise<string> {
+  const out = await new Deno.Command("nsenter", {
+    args: ["-t", String(pid), "-n", ...cmd],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) throw new Error(`nsenter ${cmd.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  return text;
+}
