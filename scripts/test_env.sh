@@ -12,8 +12,9 @@
 #   * locally built test images (no registry needed):
 #       egresstrator-test/busybox:1  static busybox with all applets in /bin
 #       egresstrator-test/helper:1   debootstrap'ed bookworm minbase + iptables (nf_tables)
-#       egresstrator-test/systemd:1  debootstrap'ed bookworm with systemd as PID 1, dbus, iptables and
-#                                    docker.io (tests/integration/systemd_test.ts runs the unit in it)
+#       egresstrator-test/systemd:2  debootstrap'ed bookworm with systemd as PID 1, dbus, iptables, docker.io
+#                                    and what rules by DNS name use (ipset, nftables, conntrack):
+#                                    tests/integration/systemd_test.ts runs the unit in it
 #     The debootstrap results are cached in /var/cache/egresstrator-test/ so a re-import is fast.
 #
 # Environment overrides (all optional):
@@ -27,7 +28,7 @@ set -euo pipefail
 
 BUSYBOX_IMAGE="egresstrator-test/busybox:1"
 HELPER_IMAGE="egresstrator-test/helper:1"
-SYSTEMD_IMAGE="egresstrator-test/systemd:1"
+SYSTEMD_IMAGE="egresstrator-test/systemd:2"
 CONSUL_WANT_PREFIX="1.8." # Debian bullseye ships 1.8.7
 BUSYBOX_APPLETS=(sh nc wget nslookup sleep httpd ping)
 
@@ -411,8 +412,8 @@ fi
 # debootstrap tarball cached under $cache_dir, then `docker import`), because there is no registry to pull
 # from. Units that cannot work or are pointless in a container (timers, getty, pstore) are not enabled;
 # the inner dockerd uses systemd's cgroup driver so its containers stay inside this container's cgroup.
-systemd_tarball="$cache_dir/systemd-bookworm-docker.tar.gz"
-SYSTEMD_PACKAGES="systemd,systemd-sysv,dbus,iptables,docker.io,procps"
+systemd_tarball="$cache_dir/systemd-bookworm-docker-2.tar.gz"
+SYSTEMD_PACKAGES="systemd,systemd-sysv,dbus,iptables,docker.io,procps,ipset,nftables,conntrack"
 
 build_systemd_tarball() {
   local target deb_log

@@ -3,12 +3,14 @@
  * a systemd machine (tests/support/systemd.ts) with its own dockerd and Consul, egresstrator installed by
  * install.sh from a local release directory whose binary is the stand-in (main.ts under `deno run` with
  * exactly compile.sh's permissions). Proven with traffic between the machine's own containers:
- * `systemctl start` enforces, `reload` re-reads the template, a crash is restarted, `stop` exits cleanly
- * and leaves no helper, and the journal has one line per decision.
+ * `systemctl start` enforces, `reload` re-reads the template, a crash is restarted, rules by DNS name work
+ * (the forwarder's listeners, sets and steering under the unit's hardening), `stop` exits cleanly and
+ * leaves no helper, and the journal has one line per decision.
  */
 import assert from "node:assert/strict";
 import { BUSYBOX_IMAGE, HELPER_IMAGE, requireImage, SYSTEMD_IMAGE } from "../support/docker.ts";
 import { waitFor } from "../support/egresstrator.ts";
+import { testDnsFiles } from "../support/dns_server.ts";
 import { PLATFORM_BIN, standInRelease } from "../support/standin.ts";
 import { INSIDE, startSystemdMachine, type SystemdMachine } from "../support/systemd.ts";
 
@@ -129,6 +131,50 @@ Deno.test("systemd: the packaged unit, hardened, under a real systemd: start, re
     assert.equal(c3.length, 1);
     assert.equal(await reaches(m, "c3", ip), false, "started while it was down: enforced after the restart");
     assert.equal(await reaches(m, "c1", ip), false, "c1 keeps its rules across the crash");
+
+    // Rules by DNS name under the unit's hardening: the forwarder's thread enters the container's namespace
+    // (setns, RestrictNamespaces=net), set entries go over netlink (AF_NETLINK), the steering is nft. The
+    // test DNS server runs in the machine, on its dockerd's bridge, and answers srv.test with the server.
+    const dns = testDnsFiles({ "srv.test": { a: [ip], ttl: 60 } }, {
+      deno: "/opt/egt-dns/deno",
+      code: "/opt/egt-dns/code",
+      state: "/egt-dns",
+    });
+    await m.must("mkdir -p /tmp/dns/code /tmp/dns/state");
+    assert.equal((await m.sh("cat > /tmp/dns/code/server.js", { stdin: dns.serverJs })).code, 0);
+    assert.equal((await m.sh("cat > /tmp/dns/state/zone.json", { stdin: dns.zoneJson })).code, 0);
+    await m.must(
+      "docker run -d --name dns -e DENO_DIR=/tmp/deno -e DENO_NO_UPDATE_CHECK=1 -e NO_COLOR=1 " +
+        `-v ${INSIDE.deno}:/opt/egt-dns/deno:ro -v /tmp/dns/code:/opt/egt-dns/code:ro -v /tmp/dns/state:/egt-dns ` +
+        `${HELPER_IMAGE} ${dns.cmd.join(" ")}`,
+    );
+    await waitFor(
+      async () => /"ready":true/.test((await m!.sh("cat /tmp/dns/state/status.json")).stdout) || undefined,
+      30_000,
+      "the test DNS server in the machine",
+    );
+    const dnsIp = (await m.must("docker inspect -f '{{.NetworkSettings.IPAddress}}' dns")).trim();
+    await m.must("consul kv put egress/acl/byname 'srv.test:tcp/8080'");
+    // The built-in templates again (the one reloaded above uses no set, so a rule by name would get only
+    // deny-all: a template must use each name's set).
+    await m.must(`sed -i '/^CONSUL_TEMPLATE=/d' /etc/default/egresstrator && systemctl restart ${UNIT}`);
+    await m.must(
+      `docker run -d --name f1 --dns ${dnsIp} -e EGRESSTRATOR_ENABLE=1 -e EGRESSTRATOR_ACL=byname ` +
+        `-e EGRESSTRATOR_POLICY=allowlist ${BUSYBOX_IMAGE} sleep 3600`,
+    );
+    await waitDecisions(m, "f1", 1, "with a rule by DNS name");
+    assert.equal(await reaches(m, "f1", ip), false, "f1 has not looked srv.test up: refused");
+    const looked = await m.must("docker exec f1 nslookup -type=a srv.test");
+    assert.match(looked, new RegExp(`Address: ${ip.replace(/\./g, "\\.")}\n`), looked);
+    assert.equal(await reaches(m, "f1", ip), true, "f1 looked srv.test up: its answer is reached");
+    const steered = JSON.parse(await m.must("egresstrator status --json")) as {
+      dns?: { name: string; resolvers: string[]; names: { name: string; count: number }[] }[];
+    };
+    const row = steered.dns?.find((d) => d.name === "f1");
+    assert.deepEqual(row?.resolvers, [dnsIp], JSON.stringify(steered.dns));
+    assert.ok(row?.names.some((n) => n.name === "srv.test" && n.count >= 1), JSON.stringify(row));
+    // Helper mode, next, cannot keep rules by name (nor protect from a name) true: the key goes again.
+    await m.must("docker rm -f f1 dns && consul kv delete egress/acl/byname");
 
     // stop, in helper mode: a clean exit (SIGTERM, status 0), and no helper container left.
     await m.must("echo EGRESSTRATOR_IMAGE=egresstrator-test/helper:1 >> /etc/default/egresstrator");

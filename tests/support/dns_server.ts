@@ -124,6 +124,26 @@ async function writeAtomic(path: string, text: string): Promise<void> {
 }
 
 /**
+ * The test DNS server for a dockerd the test reaches only through a shell (the systemd machine): the files
+ * to put in one directory (`server.js`, and `zone.json` in its state directory), and the `docker run`
+ * command words after the image, for that directory mounted at `code` and a writable one at `state`.
+ */
+export function testDnsFiles(zone: Zone, mnt: { deno: string; code: string; state: string }) {
+  return {
+    serverJs: `${dnsServerMain.toString()}\n\ndnsServerMain();\n`,
+    zoneJson: JSON.stringify({ generation: 1, zone: normZone(zone) }),
+    cmd: [
+      mnt.deno,
+      ...CONTAINER_DENO_RUN,
+      `--allow-read=${mnt.state}`,
+      `--allow-write=${mnt.state}`,
+      `${mnt.code}/server.js`,
+      mnt.state,
+    ],
+  };
+}
+
+/**
  * Start a test DNS server on `opts.network` and wait until it answers on UDP and TCP (it queries itself over
  * loopback before it says it is ready). Call stop() when done, in a finally.
  */
