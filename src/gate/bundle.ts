@@ -82,7 +82,7 @@ export function decideBundle(
   text: string,
   env: Record<string, string | undefined>,
   hook?: OciHook,
-): BundleDecision & { hooked?: boolean } {
+): BundleDecision {
   let spec: OciSpec;
   try {
     spec = parseLossless(text) as OciSpec;
@@ -101,5 +101,5 @@ export function decideBundle(
       refuse: `cannot ${d.dropped.length ? `drop ${d.dropped.join(",")} from` : "write"} ${path}: ${failed}`,
     };
   }
-  return { enforceEnv: containerEnv, hooked: hook !== undefined };
+  return { enforceEnv: containerEnv };
 }
