@@ -179,6 +179,21 @@ function onNetwork(env: Env): string[] {
   return ["--network", env.net.name, "--label", `${TEST_LABEL}=${RUN_ID}`];
 }
 
+/** `docker run --rm` through the gate, opted in with key `acl`, on the test network; `args` before the image. */
+function gatedRun(env: Env, acl: string, args: string[], cmd: string[]) {
+  return env.docker([
+    "run",
+    "--rm",
+    "--runtime",
+    GATE,
+    ...onNetwork(env),
+    ...optedIn(acl),
+    ...args,
+    BUSYBOX_IMAGE,
+    ...cmd,
+  ]);
+}
+
 /** `docker run` options that opt the container in with one ACL key. */
 function optedIn(acl: string): string[] {
   return ["-e", "EGRESSTRATOR_ENABLE=1", "-e", `EGRESSTRATOR_ACL=${acl}`];
@@ -582,18 +597,7 @@ Deno.test("gate: daemon up: the gate takes the daemon's rules and reports them (
     const saved = await iptablesIn(id, "ipv4", env.dockerd.host);
     assert.ok(saved.includes(rejectLine(`${env.serverIp}/32`, 8080)), saved);
     // A refusal the shim gets from the daemon is in the gate log too.
-    const admin = await env.docker([
-      "run",
-      "--rm",
-      "--runtime",
-      GATE,
-      ...onNetwork(env),
-      ...optedIn("other"),
-      "--cap-add",
-      "NET_ADMIN",
-      BUSYBOX_IMAGE,
-      "true",
-    ]);
+    const admin = await gatedRun(env, "other", ["--cap-add", "NET_ADMIN"], ["true"]);
     assert.notEqual(admin.code, 0, "a NET_ADMIN container started");
     assert.match(admin.stderr, /refusing to start .*holds CAP_NET_ADMIN/);
     const refused = (await env.gateLines()).filter((l) => l.decision === "refused");
@@ -623,35 +627,13 @@ Deno.test("gate: the hook's rules go in beside Docker's own: its embedded DNS an
   await withGateEnv({ daemon: true }, async (env) => {
     const starts = 10;
     for (let i = 0; i < starts; i++) {
-      const r = await env.docker([
-        "run",
-        "--rm",
-        "--runtime",
-        GATE,
-        ...onNetwork(env),
-        ...optedIn("other"),
-        BUSYBOX_IMAGE,
-        "nslookup",
-        env.serverName,
-      ]);
+      const r = await gatedRun(env, "other", [], ["nslookup", env.serverName]);
       assert.equal(r.code, 0, `start ${i}: ${r.stdout}${r.stderr}`);
       assert.match(r.stdout, new RegExp(`Address: ${env.serverIp.replace(/\./g, "\\.")}\n`), r.stdout);
     }
     // A spec the gate rewrites keeps what runc reads as uint64 (Docker writes unlimited as 2^64-1).
-    const big = await env.docker([
-      "run",
-      "--rm",
-      "--runtime",
-      GATE,
-      ...onNetwork(env),
-      ...optedIn("other"),
-      "--ulimit", // (core: its hard limit is unlimited already, so raising it needs no CAP_SYS_RESOURCE)
-      "core=-1:-1",
-      BUSYBOX_IMAGE,
-      "sh",
-      "-c",
-      "ulimit -c",
-    ]);
+    // (core: its hard limit is unlimited already, so raising it needs no CAP_SYS_RESOURCE)
+    const big = await gatedRun(env, "other", ["--ulimit", "core=-1:-1"], ["sh", "-c", "ulimit -c"]);
     assert.deepEqual([big.code, big.stdout.trim()], [0, "unlimited"], big.stderr);
     const lines = await env.gateLines();
     assert.deepEqual(

@@ -203,8 +203,9 @@ export async function startTestDns(opts: TestDnsOptions): Promise<TestDns> {
   try {
     await Deno.mkdir(`${tmp}/code`);
     await Deno.mkdir(state);
-    await Deno.writeTextFile(`${tmp}/code/server.js`, `${dnsServerMain.toString()}\n\ndnsServerMain();\n`);
-    await writeAtomic(zonePath, JSON.stringify({ generation, zone: normZone(opts.zone) }));
+    const files = testDnsFiles(opts.zone, MNT);
+    await Deno.writeTextFile(`${tmp}/code/server.js`, files.serverJs);
+    await writeAtomic(zonePath, files.zoneJson);
     const created = await runContainer({
       image: HELPER_IMAGE,
       name,
@@ -212,14 +213,7 @@ export async function startTestDns(opts: TestDnsOptions): Promise<TestDns> {
       host: opts.host,
       stopTimeout: 1,
       env: ["DENO_DIR=/tmp/deno", "DENO_NO_UPDATE_CHECK=1", "NO_COLOR=1"],
-      cmd: [
-        MNT.deno,
-        ...CONTAINER_DENO_RUN,
-        `--allow-read=${MNT.state}`,
-        `--allow-write=${MNT.state}`,
-        `${MNT.code}/server.js`,
-        MNT.state,
-      ],
+      cmd: files.cmd,
       hostConfig: {
         Binds: [`${Deno.execPath()}:${MNT.deno}:ro`, `${tmp}/code:${MNT.code}:ro`, `${state}:${MNT.state}`],
       },
