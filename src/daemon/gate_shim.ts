@@ -1,6 +1,7 @@
 /**
  * The runtime shim's own protocol on the daemon's unix socket: plain-text answers a POSIX shell can act
- * on with curl, so an opted-in `create` needs no egresstrator process at all while the daemon is up.
+ * on (asked with the shim's perl lines, or curl), so an opted-in `create` needs no egresstrator process
+ * at all while the daemon is up.
  *
  *   POST /v1/shim/prepare {bundle, allow}  before `runc create`: check (and edit) the spec.
  *       200 "enforce"          create it, then ask for /v1/shim/enforce
@@ -30,7 +31,7 @@ function plain(text: string): string {
   return text.replace(/[\\"\u0000-\u001f\u007f]/g, "'").slice(0, 1000);
 }
 
-/** No trailing newline: the shell splits the answer from the status curl appends after a newline. */
+/** No trailing newline: the shell splits the answer from the status its client appends after a newline. */
 const text = (body: string, status = 200) => new Response(body, { status });
 
 function bundleOf(b: { bundle?: unknown }): string | undefined {

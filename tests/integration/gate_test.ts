@@ -179,19 +179,14 @@ function onNetwork(env: Env): string[] {
   return ["--network", env.net.name, "--label", `${TEST_LABEL}=${RUN_ID}`];
 }
 
-/** `docker run --rm` through the gate, opted in with key `acl`, on the test network; `args` before the image. */
+/** `docker run` words from `--runtime` to the image: the gate, the test network, opted in with key `acl`. */
+function gated(env: Env, acl: string, args: string[]): string[] {
+  return ["--runtime", GATE, ...onNetwork(env), ...optedIn(acl), ...args, BUSYBOX_IMAGE];
+}
+
+/** `docker run --rm` through the gate, opted in with key `acl`; `args` before the image. */
 function gatedRun(env: Env, acl: string, args: string[], cmd: string[]) {
-  return env.docker([
-    "run",
-    "--rm",
-    "--runtime",
-    GATE,
-    ...onNetwork(env),
-    ...optedIn(acl),
-    ...args,
-    BUSYBOX_IMAGE,
-    ...cmd,
-  ]);
+  return env.docker(["run", "--rm", ...gated(env, acl, args), ...cmd]);
 }
 
 /** `docker run` options that opt the container in with one ACL key. */
@@ -419,12 +414,7 @@ async function startHostileDetached(env: Env, acl: string, extra: string[] = [])
   const r = await env.docker([
     "run",
     "-d",
-    "--runtime",
-    GATE,
-    ...onNetwork(env),
-    ...optedIn(acl),
-    ...extra,
-    BUSYBOX_IMAGE,
+    ...gated(env, acl, extra),
     "sh",
     "-c",
     hostileScript(env.serverIp, "sleep"),

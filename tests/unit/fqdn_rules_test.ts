@@ -229,6 +229,19 @@ const OPTS = {
   resolverAllowed: () => true,
 };
 
+/** Steer container `c` (id c×64, name c) through `f` and make its patterns active; its listener key. */
+async function steer(
+  f: DnsForwarder,
+  c: string,
+  pid: number,
+  policy: "allowlist" | "protect",
+  patterns: string[],
+): Promise<string> {
+  await f.prepare({ id: c.repeat(64), name: c, pid, policy, patterns, resolvers: ["10.0.0.2"] });
+  f.activate(c.repeat(64));
+  return `${c.repeat(12)}-${pid}`;
+}
+
 Deno.test("forwarder: the answer waits for its set write; the CNAME chain counts for the question; SERVFAIL when the write is late", async () => {
   const zone = {
     "alias.test": [{ type: "CNAME" as const, name: "alias.test", data: "target.other" }, {
@@ -240,16 +253,7 @@ Deno.test("forwarder: the answer waits for its set write; the CNAME chain counts
   };
   const { io, writes } = fakeIo(zone);
   const f = new DnsForwarder(io, OPTS);
-  await f.prepare({
-    id: "a".repeat(64),
-    name: "a",
-    pid: 11,
-    policy: "allowlist",
-    patterns: ["alias.test"],
-    resolvers: ["10.0.0.2"],
-  });
-  f.activate("a".repeat(64));
-  const key = `${"a".repeat(12)}-11`;
+  const key = await steer(f, "a", 11, "allowlist", ["alias.test"]);
   // A CNAME target asked for directly is not the allowed name: released at once, nothing written.
   const direct = await f.handle({ key, index: 0, tcp: false, data: query("target.other") });
   assert.equal(dnsPacket.decode(Buffer.from(direct!)).answers!.length, 1);
@@ -266,15 +270,7 @@ Deno.test("forwarder: the answer waits for its set write; the CNAME chain counts
 
   const slow = fakeIo(zone, 500);
   const g = new DnsForwarder(slow.io, OPTS);
-  await g.prepare({
-    id: "b".repeat(64),
-    name: "b",
-    pid: 12,
-    policy: "allowlist",
-    patterns: ["*.test"],
-    resolvers: ["10.0.0.2"],
-  });
-  g.activate("b".repeat(64));
+  await steer(g, "b", 12, "allowlist", ["*.test"]);
   const sf = await g.handle({ key: `${"b".repeat(12)}-12`, index: 0, tcp: false, data: query("alias.test") });
   assert.equal((dnsPacket.decode(Buffer.from(sf!)) as { rcode?: string }).rcode, "SERVFAIL");
   assert.equal(g.stats.servfails, 1);
@@ -287,15 +283,7 @@ Deno.test("forwarder: under protect, one container's answer goes into every prot
   const { io, writes } = fakeIo(zone);
   const f = new DnsForwarder(io, OPTS);
   for (const [c, pid] of [["a", 21], ["b", 22]] as const) {
-    await f.prepare({
-      id: c.repeat(64),
-      name: c,
-      pid,
-      policy: "protect",
-      patterns: ["db.internal.test"],
-      resolvers: ["10.0.0.2"],
-    });
-    f.activate(c.repeat(64));
+    await steer(f, c, pid, "protect", ["db.internal.test"]);
   }
   await f.handle({ key: `${"a".repeat(12)}-21`, index: 0, tcp: false, data: query("db.internal.test") });
   await new Promise((r) => setTimeout(r, 10));
@@ -364,16 +352,7 @@ Deno.test("forwarder: a second answer with an address still being written waits 
   const zone = { "svc.test": [{ type: "A" as const, name: "svc.test", data: "10.7.0.1" }] };
   const { io, writes } = fakeIo(zone, 80);
   const f = new DnsForwarder(io, OPTS);
-  await f.prepare({
-    id: "c".repeat(64),
-    name: "c",
-    pid: 31,
-    policy: "allowlist",
-    patterns: ["svc.test"],
-    resolvers: ["10.0.0.2"],
-  });
-  f.activate("c".repeat(64));
-  const key = `${"c".repeat(12)}-31`;
+  const key = await steer(f, "c", 31, "allowlist", ["svc.test"]);
   const first = f.handle({ key, index: 0, tcp: false, data: query("svc.test") });
   await new Promise((r) => setTimeout(r, 10));
   const second = await f.handle({ key, index: 0, tcp: false, data: query("svc.test") });
@@ -396,15 +375,7 @@ Deno.test("forwarder: under protect an alias of a protected name counts; TTLs ar
   };
   const { io, writes } = fakeIo(zone);
   const f = new DnsForwarder(io, { ...OPTS, ipv6: false });
-  await f.prepare({
-    id: "d".repeat(64),
-    name: "d",
-    pid: 41,
-    policy: "protect",
-    patterns: ["db.internal.test"],
-    resolvers: ["10.0.0.2"],
-  });
-  f.activate("d".repeat(64));
+  await steer(f, "d", 41, "protect", ["db.internal.test"]);
   await f.handle({ key: `${"d".repeat(12)}-41`, index: 0, tcp: false, data: query("x.attacker.test") });
   assert.deepEqual(writes.map((w) => w.entries.map((e) => [e.set, e.address])), [[[
     setName("db.internal.test", "ipv4", "protect"),
